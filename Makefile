@@ -1,0 +1,19 @@
+# Entry points. Every target that runs ROS keeps DDS on loopback with its own domain.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= 42
+VENV := .venv/bin
+
+.PHONY: setup test lint demo
+
+setup:
+	scripts/setup.sh
+
+test: setup
+	$(VENV)/ruff check .
+	$(VENV)/python -m pytest -q
+
+lint: setup
+	$(VENV)/ruff check .
+
+demo: setup
+	$(VENV)/python scripts/demo.py
