@@ -3,6 +3,7 @@
 import array
 
 import numpy as np
+
 from box_segmentation.msg import BoxMask, BoxMasks
 
 

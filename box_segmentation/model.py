@@ -1,0 +1,206 @@
+"""The Mask R-CNN shared by training and the node, and the checkpoint that describes it.
+
+A checkpoint holds everything needed to rebuild the model (architecture, classes, RPN and
+input-size settings, thresholds) next to its weights, so the node needs only its path.
+It holds plain tensors, numbers, strings, lists and dicts only, and is always read with
+`torch.load(..., weights_only=True)`: loading one never runs code.
+"""
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.models.detection import (
+    MaskRCNN,
+    MaskRCNN_ResNet50_FPN_V2_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
+    maskrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn_v2,
+)
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+CHECKPOINT_FORMAT = "box_segmentation/checkpoint-v1"
+COCO_NUM_CLASSES = 91  # torchvision's COCO heads, background included
+
+
+def _small_backbone_mask_rcnn(weights=None, weights_backbone=None, num_classes=COCO_NUM_CLASSES, **kwargs):
+    # ResNet-18 FPN, trained from scratch: for CPU tests and the demo, never for accuracy.
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
+
+
+# name -> (builder, COCO weights or None)
+ARCHITECTURES = {
+    "maskrcnn_resnet50_fpn": (maskrcnn_resnet50_fpn, MaskRCNN_ResNet50_FPN_Weights.COCO_V1),
+    "maskrcnn_resnet50_fpn_v2": (maskrcnn_resnet50_fpn_v2, MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
+    "maskrcnn_resnet18_fpn": (_small_backbone_mask_rcnn, None),
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or not one of ours."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pre-trained weights that cannot be downloaded or read."""
+
+
+@dataclass
+class ModelConfig:
+    """How to rebuild the model; stored in every checkpoint."""
+
+    arch: str = "maskrcnn_resnet50_fpn"
+    classes: list[str] = field(default_factory=lambda: ["carton"])  # background excluded
+    # The transform's resize: shorter side to min_size, longer side at most max_size.
+    min_size: int = 800
+    max_size: int = 1333
+    # RPN settings of the seed recipe; the rest of the RPN keeps torchvision's defaults.
+    rpn_fg_iou_thresh: float = 0.8
+    rpn_bg_iou_thresh: float = 0.4
+    rpn_positive_fraction: float = 0.6
+    rpn_nms_thresh: float = 0.6
+    rpn_batch_size_per_image: int = 256
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    # OSCD averages 20 cartons an image and dense stacks reach past 100, torchvision's cap.
+    box_detections_per_img: int = 300
+    # Kept low inside the model so evaluation sees the whole precision/recall curve.
+    box_score_thresh: float = 0.05
+    # What a deployment keeps: the node's defaults come from here.
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise CheckpointError(f"unknown model settings {sorted(unknown)}: written by a newer version?")
+        return cls(**values)
+
+    def model_kwargs(self) -> dict:
+        skip = {"arch", "classes", "score_threshold", "mask_threshold"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+
+def build_model(config: ModelConfig, weights: str | os.PathLike = "none") -> MaskRCNN:
+    """Mask R-CNN for config.classes.
+
+    weights: "none" (random), "coco" (torchvision's COCO weights: downloaded, or read from
+    the torch hub cache), or the path of a local file: torchvision's COCO state dict for the
+    architecture, or one of our checkpoints with the same architecture and classes.
+    """
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    builder, coco_weights = ARCHITECTURES[config.arch]
+    kwargs = config.model_kwargs()
+    if str(weights) == "none":
+        return builder(weights=None, weights_backbone=None, num_classes=config.num_classes, **kwargs)
+    if str(weights) == "coco":
+        state = _coco_state_dict(config.arch, coco_weights)
+    else:
+        state = _read_weights_file(weights)
+        if state.get("format") == CHECKPOINT_FORMAT:
+            return _model_from_our_checkpoint(config, state, weights)
+    # COCO heads first so the pre-trained weights fit, then new predictors for our classes.
+    model = builder(weights=None, weights_backbone=None, num_classes=COCO_NUM_CLASSES, **kwargs)
+    model.load_state_dict(state)
+    replace_predictors(model, config.num_classes)
+    return model
+
+
+def replace_predictors(model: MaskRCNN, num_classes: int) -> None:
+    box_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(box_features, num_classes)
+    mask_features = model.roi_heads.mask_predictor.conv5_mask.in_channels
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_features, 256, num_classes)
+
+
+def _coco_state_dict(arch: str, coco_weights) -> dict:
+    if coco_weights is None:
+        raise WeightsUnavailableError(f"{arch} has no COCO weights; use --weights none")
+    try:
+        return coco_weights.get_state_dict(progress=True, check_hash=True)
+    except OSError as error:  # URLError and socket errors are OSErrors
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(coco_weights.url).name
+        raise WeightsUnavailableError(
+            f"could not download the COCO weights for {arch} ({error}). Offline, download "
+            f"{coco_weights.url} elsewhere and either pass --weights /path/to/{cache.name} "
+            f"or copy it to {cache}"
+        ) from error
+
+
+def _read_weights_file(path, what: str = "weights file", error_class=WeightsUnavailableError) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise error_class(f"{what} {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and unpickler errors all mean "not loadable"
+        raise error_class(f"{what} {path} cannot be loaded safely: {error}") from error
+    if not isinstance(state, dict):
+        raise error_class(f"{what} {path} holds no dict of weights")
+    return state
+
+
+def _model_from_our_checkpoint(config: ModelConfig, payload: dict, path) -> MaskRCNN:
+    model, saved = load_model(payload)
+    if (saved.arch, saved.classes) != (config.arch, config.classes):
+        raise CheckpointError(
+            f"{path} holds {saved.arch} for classes {saved.classes}, not {config.arch} for {config.classes}"
+        )
+    return model
+
+
+def save_checkpoint(path, model: torch.nn.Module, config: ModelConfig, *, training: dict | None = None,
+                    metrics: dict | None = None, half: bool = False) -> None:
+    """Writes atomically (temp file, then rename): a crash never leaves a truncated file."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "model": state,
+               "training": training, "metrics": metrics or {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        try:
+            torch.save(payload, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint's contents, or CheckpointError saying what is wrong with it."""
+    payload = _read_weights_file(path, "checkpoint", CheckpointError)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a box_segmentation checkpoint (format {CHECKPOINT_FORMAT})")
+    return payload
+
+
+def load_model(checkpoint, device: str | torch.device = "cpu") -> tuple[MaskRCNN, ModelConfig]:
+    """Rebuilds the model of a checkpoint (a path or read_checkpoint's dict), in eval mode."""
+    payload = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    config = ModelConfig.from_dict(payload["config"])
+    model = build_model(config, weights="none")
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint weights do not fit {config.arch}: {error}") from error
+    return model.to(device).eval(), config
