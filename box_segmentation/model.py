@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torchvision.models import resnet18
 from torchvision.models.detection import (
     MaskRCNN,
     MaskRCNN_ResNet50_FPN_V2_Weights,
@@ -20,25 +21,63 @@ from torchvision.models.detection import (
     maskrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn_v2,
 )
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 CHECKPOINT_FORMAT = "box_segmentation/checkpoint-v1"
 COCO_NUM_CLASSES = 91  # torchvision's COCO heads, background included
 
 
-def _small_backbone_mask_rcnn(weights=None, weights_backbone=None, num_classes=COCO_NUM_CLASSES, **kwargs):
-    # ResNet-18 FPN, trained from scratch: for CPU tests and the demo, never for accuracy.
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
-    return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
+def _small_mask_rcnn(weights=None, weights_backbone=None, num_classes=COCO_NUM_CLASSES, **kwargs):
+    """ResNet-18 up to layer3 with a 96-channel FPN and light heads: about 4.8 M parameters
+    (under 10 MB in fp16), trained from scratch. For CPU tests and the demo, not for accuracy.
+
+    layer4 alone holds 8.4 M of ResNet-18's 11 M parameters and stride 32 adds little on
+    256-pixel inputs, so the FPN reads layer1-3 (strides 4, 8, 16) plus a max-pooled level.
+    """
+    channels = 96
+    # Regular BatchNorm: nothing pre-trained to freeze (torchvision does the same from scratch).
+    trunk = resnet18(weights=None, norm_layer=torch.nn.BatchNorm2d)
+    backbone = BackboneWithFPN(trunk, return_layers={"layer1": "0", "layer2": "1", "layer3": "2"},
+                               in_channels_list=[64, 128, 256], out_channels=channels,
+                               extra_blocks=LastLevelMaxPool())
+    # One anchor size per level, smaller than torchvision's 32-512 to suit small inputs.
+    anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    levels = ["0", "1", "2"]
+    return MaskRCNN(
+        backbone, num_classes=None, rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 7 * 7, 256),
+        box_predictor=FastRCNNPredictor(256, num_classes),
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, [128, 128], dilation=1),
+        mask_predictor=MaskRCNNPredictor(128, 128, num_classes),
+        **kwargs,
+    )
 
 
 # name -> (builder, COCO weights or None)
 ARCHITECTURES = {
     "maskrcnn_resnet50_fpn": (maskrcnn_resnet50_fpn, MaskRCNN_ResNet50_FPN_Weights.COCO_V1),
     "maskrcnn_resnet50_fpn_v2": (maskrcnn_resnet50_fpn_v2, MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
-    "maskrcnn_resnet18_fpn": (_small_backbone_mask_rcnn, None),
+    "maskrcnn_resnet18_fpn": (_small_mask_rcnn, None),
+}
+
+
+# Settings that differ from ModelConfig's defaults (the seed recipe's R50) per architecture.
+ARCH_DEFAULTS = {
+    # Lean sampling and small inputs: trains on a CPU in minutes.
+    "maskrcnn_resnet18_fpn": {
+        "min_size": 256, "max_size": 448,
+        "rpn_batch_size_per_image": 64,
+        "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
+        "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 500,
+        "box_batch_size_per_image": 128,
+    },
 }
 
 
@@ -77,6 +116,13 @@ class ModelConfig:
     # What a deployment keeps: the node's defaults come from here.
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
+
+    @classmethod
+    def for_arch(cls, arch: str, **overrides) -> "ModelConfig":
+        """The defaults of an architecture (ARCH_DEFAULTS over the class defaults), then overrides."""
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+        return cls(**{"arch": arch, **ARCH_DEFAULTS.get(arch, {}), **overrides})
 
     @property
     def num_classes(self) -> int:
@@ -127,8 +173,8 @@ def build_model(config: ModelConfig, weights: str | os.PathLike = "none") -> Mas
 def replace_predictors(model: MaskRCNN, num_classes: int) -> None:
     box_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(box_features, num_classes)
-    mask_features = model.roi_heads.mask_predictor.conv5_mask.in_channels
-    model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_features, 256, num_classes)
+    conv5 = model.roi_heads.mask_predictor.conv5_mask
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(conv5.in_channels, conv5.out_channels, num_classes)
 
 
 def _coco_state_dict(arch: str, coco_weights) -> dict:
