@@ -1,0 +1,139 @@
+"""sensor_msgs/Image and CompressedImage to RGB numpy arrays, without cv_bridge.
+
+cv_bridge has no working build without a ROS install: the PyPI `cv-bridge` is a ROS 1 port
+that fails with ROS 2 messages and numpy 2. This module reads the message fields directly
+(duck-typed, no rclpy import), so the node, the rosbag replay tool and the tests share it.
+
+The common encodings (rgb8, bgr8, rgba8, bgra8) come back as views of the message buffer
+(channel-reversed or strided, row padding skipped): the model's tensor conversion makes the
+one copy it needs anyway. The other encodings are converted by OpenCV into a new array.
+"""
+
+import re
+
+import cv2
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+MAX_PIXELS = 100_000_000  # anything bigger is a corrupt header, not a camera
+
+# encoding -> (bytes per pixel, conversion from the (H, W, channels) stored array)
+_BAYER_TO_RGB = {
+    # OpenCV names a Bayer pattern by the second row's 2nd and 3rd pixels, ROS by the
+    # top-left 2x2 block, so the names are shifted: ROS rggb is OpenCV's BayerBG.
+    "bayer_rggb8": cv2.COLOR_BayerBG2RGB,
+    "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
+    "bayer_gbrg8": cv2.COLOR_BayerGR2RGB,
+    "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
+}
+_YUV422_TO_RGB = {
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,  # ROS's yuv422 is UYVY byte order
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+    "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+}
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3,
+             **dict.fromkeys(_BAYER_TO_RGB, 1), **dict.fromkeys(_YUV422_TO_RGB, 2)}
+_BYTES_PER_CHANNEL = {"mono16": 2, "16uc1": 2}
+SUPPORTED_ENCODINGS = sorted(set(_CHANNELS) | set(_BYTES_PER_CHANNEL))
+
+
+class ImageConversionError(ValueError):
+    """An image message this module cannot turn into RGB: unsupported encoding or bad sizes."""
+
+
+def image_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data) -> np.ndarray:
+    """(height, width, 3) uint8 RGB from the fields of a sensor_msgs/Image.
+
+    8UC3 is read as bgr8 (OpenCV's order), 8UC1 as mono8, 16UC1 as mono16. mono16 is scaled to
+    8 bits by keeping the high byte (full-range cameras; not meant for depth images).
+    """
+    name = encoding.lower()
+    if name not in _CHANNELS and name not in _BYTES_PER_CHANNEL:
+        raise ImageConversionError(
+            f"unsupported image encoding {encoding!r} ({width}x{height}); supported: {', '.join(SUPPORTED_ENCODINGS)}")
+    channels = _CHANNELS.get(name, 1)
+    itemsize = _BYTES_PER_CHANNEL.get(name, 1)
+    buffer = _as_bytes_array(data)
+    pixel_bytes = channels * itemsize
+    sizes = f"encoding {encoding!r}, {width}x{height}, step {step}, {buffer.size} bytes of data"
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f"empty image: {sizes}")
+    if height * width > MAX_PIXELS:
+        raise ImageConversionError(f"image too large (over {MAX_PIXELS // 1_000_000} MP): {sizes}")
+    if step < width * pixel_bytes:
+        raise ImageConversionError(f"step shorter than a row of {width * pixel_bytes} bytes: {sizes}")
+    if buffer.size < step * height:
+        raise ImageConversionError(f"data shorter than step * height = {step * height} bytes: {sizes}")
+    if name in _YUV422_TO_RGB and width % 2:
+        raise ImageConversionError(f"YUV 4:2:2 needs an even width: {sizes}")
+
+    # A view of the rows without their padding; nothing is copied yet.
+    pixels = as_strided(buffer, shape=(height, width * pixel_bytes), strides=(step, 1), writeable=False)
+    if itemsize == 2:
+        pixels = pixels.view(">u2" if is_bigendian else "<u2")
+    pixels = pixels.reshape(height, width, channels)
+
+    if name in ("rgb8",):
+        return pixels
+    if name in ("bgr8", "8uc3"):
+        return pixels[..., ::-1]
+    if name == "rgba8":
+        return pixels[..., :3]
+    if name == "bgra8":
+        return pixels[..., 2::-1]
+    if name in ("mono8", "8uc1"):
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    if itemsize == 2:  # mono16 / 16UC1
+        return cv2.cvtColor((pixels >> 8).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+    if name in _BAYER_TO_RGB:
+        return cv2.cvtColor(pixels, _BAYER_TO_RGB[name])
+    return cv2.cvtColor(pixels, _YUV422_TO_RGB[name])
+
+
+def imgmsg_to_rgb(msg) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a sensor_msgs/Image (or anything with its fields)."""
+    return image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
+
+
+def compressed_to_rgb(msg) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a sensor_msgs/CompressedImage (jpeg or png).
+
+    The format field is "jpeg", "png", or image_transport's "rgb8; jpeg compressed bgr8": the
+    codec is in the data itself, so it is only checked to be one OpenCV can decode.
+    """
+    fmt = msg.format.lower()
+    if not re.search(r"\b(jpe?g|png)\b", fmt):
+        raise ImageConversionError(f"unsupported compressed format {msg.format!r}; expected jpeg or png")
+    buffer = _as_bytes_array(msg.data)
+    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if decoded is None:
+        raise ImageConversionError(f"cannot decode {buffer.size} bytes of compressed format {msg.format!r}")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def rgb_to_imgmsg_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict:
+    """The fields of a sensor_msgs/Image holding rgb (for tests and tools): rgb8, bgr8 or mono8."""
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageConversionError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+    if encoding == "rgb8":
+        pixels = rgb
+    elif encoding == "bgr8":
+        pixels = rgb[..., ::-1]
+    elif encoding == "mono8":
+        pixels = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    else:
+        raise ImageConversionError(f"rgb_to_imgmsg_fields writes rgb8, bgr8 or mono8, not {encoding!r}")
+    height, width = rgb.shape[:2]
+    row_bytes = pixels.size // height
+    return {"height": height, "width": width, "step": row_bytes, "encoding": encoding, "is_bigendian": 0,
+            "data": np.ascontiguousarray(pixels).tobytes()}
+
+
+def _as_bytes_array(data) -> np.ndarray:
+    # bytes, bytearray, array.array and memoryview are read in place; a list is copied.
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except TypeError:
+        return np.asarray(data, dtype=np.uint8).ravel()
