@@ -1,0 +1,146 @@
+"""Segmenter: a tiny random-weight checkpoint, checked against torchvision's own full-frame output."""
+
+import numpy as np
+import pytest
+import torch
+
+from box_segmentation.model import CheckpointError, ModelConfig, build_model, save_checkpoint
+from box_segmentation.segmenter import DeviceUnavailableError, Instance, Segmenter
+
+HEIGHT, WIDTH = 120, 150
+MAX_DETECTIONS = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = ModelConfig(arch="maskrcnn_resnet18_fpn", min_size=128, max_size=160,
+                         score_threshold=0.3, mask_threshold=0.5, box_detections_per_img=MAX_DETECTIONS)
+    model = build_model(config, weights="none")
+    # Random mask logits sit far below zero; shift them so masks have pixels (and holes) to compare.
+    with torch.no_grad():
+        model.roi_heads.mask_predictor.mask_fcn_logits.weight[1].mul_(0.1)
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias[1] = 3.0
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
+    save_checkpoint(path, model, config)
+    return path
+
+
+@pytest.fixture(scope="module")
+def segmenter(checkpoint):
+    return Segmenter(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image():
+    rgb = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    rgb[20:80, 30:100] = (200, 150, 90)
+    rgb[60:110, 80:140] = (90, 120, 200)
+    return (rgb + np.random.default_rng(0).integers(0, 30, rgb.shape)).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def instances(segmenter, image):
+    return segmenter(image)
+
+
+def test_loads_from_the_path_alone_with_the_checkpoint_settings(checkpoint):
+    segmenter = Segmenter(checkpoint)
+    assert segmenter.device == torch.device("cpu") or torch.cuda.is_available()
+    assert segmenter.classes == ["carton"]
+    assert (segmenter.score_threshold, segmenter.mask_threshold, segmenter.max_detections) == (0.3, 0.5, MAX_DETECTIONS)
+    assert segmenter.model.roi_heads.score_thresh == 0.3
+    assert segmenter.model.roi_heads.detections_per_img == MAX_DETECTIONS
+
+
+def test_overrides_replace_the_checkpoint_settings(checkpoint):
+    segmenter = Segmenter(checkpoint, device="cpu", score_threshold=0.6, mask_threshold=0.7, max_detections=2)
+    assert (segmenter.config.score_threshold, segmenter.config.mask_threshold) == (0.6, 0.7)
+    assert segmenter.model.roi_heads.detections_per_img == 2
+    assert segmenter.checkpoint_config.score_threshold == 0.3
+    with pytest.raises(ValueError, match="score_threshold"):
+        Segmenter(checkpoint, device="cpu", score_threshold=1.5)
+
+
+def test_instances_are_well_formed(segmenter, instances):
+    assert 0 < len(instances) <= MAX_DETECTIONS
+    scores = [instance.score for instance in instances]
+    assert scores == sorted(scores, reverse=True)
+    assert all(score > 0.3 for score in scores)
+    for instance in instances:
+        assert isinstance(instance, Instance)
+        x, y, w, h = instance.roi
+        assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= WIDTH and y + h <= HEIGHT
+        assert instance.mask.shape == (h, w) and instance.mask.dtype == np.uint8
+        assert instance.mask.flags.c_contiguous and set(np.unique(instance.mask)) <= {0, 1}
+        # Tight: every edge row and column of the roi has a mask pixel.
+        assert instance.mask[0].any() and instance.mask[-1].any()
+        assert instance.mask[:, 0].any() and instance.mask[:, -1].any()
+        assert instance.area == int(instance.mask.sum())
+        assert x <= instance.centroid[0] <= x + w and y <= instance.centroid[1] <= y + h
+        assert (instance.class_id, instance.class_name) == (1, "carton")
+        assert len(instance.box) == 4 and len(instance.rotated_rect) == 5
+    assert set(segmenter.last_timings) >= {"preprocess", "infer", "postprocess"}
+    assert all(seconds >= 0 for seconds in segmenter.last_timings.values())
+
+
+def test_masks_match_torchvision_full_frame_output(segmenter, image, instances):
+    with torch.inference_mode():
+        reference = segmenter.model([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
+    full_frame = (reference["masks"][:, 0] > segmenter.mask_threshold).numpy()
+    kept = [index for index in range(len(full_frame)) if full_frame[index].any()]  # we drop empty masks
+    assert len(kept) == len(instances)
+    for index, instance in zip(kept, instances, strict=True):
+        np.testing.assert_allclose(instance.box, reference["boxes"][index].numpy(), atol=1e-3)
+        assert instance.score == pytest.approx(float(reference["scores"][index]))
+        expected = full_frame[index]
+        x, y, w, h = instance.roi
+        ours = np.zeros_like(expected)
+        ours[y:y + h, x:x + w] = instance.mask
+        assert (expected & ours).sum() / (expected | ours).sum() >= 0.95
+        # Same resize as paste_masks_in_image, so on the CPU the pixels are identical, outside the roi too.
+        np.testing.assert_array_equal(ours, expected)
+
+
+def test_any_strides_give_the_same_result(segmenter, image, instances):
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    padded = np.zeros((HEIGHT, WIDTH + 7, 4), np.uint8)
+    padded[:, :WIDTH, :3] = image
+    for view in (bgr[..., ::-1], padded[:, :WIDTH, :3]):
+        view.flags.writeable = False  # like a view of a message buffer
+        again = segmenter(view)
+        assert [i.roi for i in again] == [i.roi for i in instances]
+        assert all(np.array_equal(a.mask, b.mask) for a, b in zip(again, instances, strict=True))
+
+
+def test_bad_image_is_refused(segmenter):
+    with pytest.raises(ValueError, match="RGB"):
+        segmenter(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="RGB"):
+        segmenter(np.zeros((10, 10, 3), np.float32))
+
+
+def test_missing_or_corrupt_checkpoint_raises_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Segmenter(tmp_path / "missing.pt", device="cpu")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        Segmenter(corrupt, device="cpu")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a box_segmentation checkpoint"):
+        Segmenter(foreign, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_cuda_without_cuda_raises_clearly_and_auto_falls_back(checkpoint):
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+            Segmenter(checkpoint, device=device)
+    segmenter = Segmenter(checkpoint, device="auto", half=True)
+    assert segmenter.device == torch.device("cpu")
+    assert any("CPU" in warning for warning in segmenter.warnings)
+    assert any("half" in warning for warning in segmenter.warnings) and not segmenter.half
+    with pytest.raises(ValueError, match="device"):
+        Segmenter(checkpoint, device="tpu")
