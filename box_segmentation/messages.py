@@ -1,0 +1,94 @@
+"""Segmenter instances to and from box_segmentation/BoxMasks messages (no rclpy needed).
+
+A pick planner in Python reads the masks with two lines:
+    from box_segmentation.messages import cropped_masks
+    masks = cropped_masks(msg)  # one (roi.height, roi.width) uint8 array per box
+"""
+
+import array
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import RegionOfInterest
+from std_msgs.msg import Header
+
+from box_segmentation.msg import BoxMask, BoxMasks, RotatedRect
+from box_segmentation.segmenter import Instance
+
+
+def to_box_masks(instances: list[Instance], header, height: int, width: int) -> BoxMasks:
+    """BoxMasks for one image: header copied from the image, ids 0..n-1 in the given (score) order."""
+    msg = BoxMasks(header=_copy_header(header), height=int(height), width=int(width))
+    for index, instance in enumerate(instances):
+        x, y, w, h = instance.roi
+        cx, cy, length, rect_width, angle = instance.rotated_rect
+        msg.boxes.append(BoxMask(
+            id=index,
+            class_id=instance.class_id,
+            class_name=instance.class_name,
+            score=float(instance.score),
+            roi=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False),
+            # array.array of bytes: the message takes it as is, no per-element checks.
+            mask=array.array("B", np.ascontiguousarray(instance.mask, dtype=np.uint8).tobytes()),
+            area=int(instance.area),
+            centroid_x=float(instance.centroid[0]),
+            centroid_y=float(instance.centroid[1]),
+            rotated_rect=RotatedRect(center_x=float(cx), center_y=float(cy), length=float(length),
+                                     width=float(rect_width), angle=float(angle)),
+        ))
+    return msg
+
+
+def cropped_masks(msg: BoxMasks) -> list[np.ndarray]:
+    """Each box's mask as a (roi.height, roi.width) uint8 array (a view of the message data)."""
+    return [_mask_of(box) for box in msg.boxes]
+
+
+def full_frame_masks(msg: BoxMasks) -> np.ndarray:
+    """(N, height, width) uint8: each box's mask placed at its roi in an image-sized frame."""
+    frames = np.zeros((len(msg.boxes), msg.height, msg.width), dtype=np.uint8)
+    for frame, box in zip(frames, msg.boxes, strict=True):
+        roi = box.roi
+        frame[roi.y_offset:roi.y_offset + roi.height, roi.x_offset:roi.x_offset + roi.width] = _mask_of(box)
+    return frames
+
+
+def instances_from_msg(msg: BoxMasks) -> list[Instance]:
+    """Instances back from a message (e.g. a recorded bag). The message has no model box, so
+    box is the roi's rectangle (x, y, x + width, y + height)."""
+    instances = []
+    for box in msg.boxes:
+        roi = box.roi
+        rect = box.rotated_rect
+        instances.append(Instance(
+            box=(float(roi.x_offset), float(roi.y_offset), float(roi.x_offset + roi.width),
+                 float(roi.y_offset + roi.height)),
+            score=float(box.score),
+            class_id=int(box.class_id),
+            class_name=box.class_name,
+            roi=(int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height)),
+            mask=_mask_of(box).copy(),
+            area=int(box.area),
+            centroid=(float(box.centroid_x), float(box.centroid_y)),
+            rotated_rect=(float(rect.center_x), float(rect.center_y), float(rect.length), float(rect.width),
+                          float(rect.angle)),
+        ))
+    return instances
+
+
+def _mask_of(box) -> np.ndarray:
+    roi = box.roi
+    try:
+        flat = np.frombuffer(box.mask, dtype=np.uint8)
+    except TypeError:  # a list, from hand-made or converted messages
+        flat = np.asarray(box.mask, dtype=np.uint8)
+    if flat.size != roi.width * roi.height:
+        raise ValueError(f"box {box.id}: mask has {flat.size} bytes, roi {roi.width}x{roi.height} needs "
+                         f"{roi.width * roi.height}")
+    return flat.reshape(roi.height, roi.width)
+
+
+def _copy_header(header) -> Header:
+    # Field by field, so a header from another message library (e.g. rosbags) works too.
+    stamp = Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
+    return Header(stamp=stamp, frame_id=str(header.frame_id))
