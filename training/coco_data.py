@@ -22,6 +22,10 @@ SPLITS = {"train": "train2017", "val": "val2017"}
 EXIF_ORIENTATION = 0x0112  # values 5-8 mean the stored image is rotated by 90 degrees
 
 
+class DataError(ValueError):
+    """A dataset that cannot be read at all (a bad annotation never raises this: it is dropped)."""
+
+
 def split_paths(data_dir, split: str) -> tuple[Path, Path]:
     """(images folder, annotation json) of a split in the OSCD archive's layout."""
     root = Path(data_dir) / "coco_carton" / "oneclass_carton"
@@ -101,7 +105,7 @@ class CocoCartons(torch.utils.data.Dataset):
             coco = json.loads(self.annotation_file.read_text())
             images, annotations, categories = coco["images"], coco.get("annotations", []), coco["categories"]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"cannot read COCO annotations {self.annotation_file}: {error!r}") from error
+            raise DataError(f"cannot read COCO annotations {self.annotation_file}: {error!r}") from error
 
         categories = sorted(categories, key=lambda c: c["id"])
         self.category_ids = [c["id"] for c in categories]  # label i + 1 is category_ids[i]

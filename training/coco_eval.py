@@ -67,16 +67,27 @@ def coco_gt_from_targets(targets, classes, category_ids=None) -> COCO:
     image_id, masks (N, H, W) and labels. Evaluating against this, not the raw json, scores exactly
     what the loader kept (rescaled sizes, dropped degenerate instances)."""
     category_ids = category_ids or list(range(1, len(classes) + 1))
+    entries = [gt_entry(target, category_ids) for target in targets]
+    return coco_gt_from_entries(entries, classes, category_ids)
+
+
+def gt_entry(target, category_ids) -> tuple[dict, list[dict]]:
+    """(COCO image, its annotations) of one target: RLE-encoded, so a whole split fits in memory."""
+    masks = binary_masks(target["masks"])
+    height, width = masks.shape[-2:]
+    image_id = int(target["image_id"])
+    annotations = [{"image_id": image_id, "category_id": category_ids[int(label) - 1], "segmentation": rle,
+                    "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0}
+                   for rle, label in zip(encode_masks(masks), _numpy(target["labels"]).tolist(), strict=True)]
+    return {"id": image_id, "height": int(height), "width": int(width)}, annotations
+
+
+def coco_gt_from_entries(entries, classes, category_ids) -> COCO:
     images, annotations = [], []
-    for target in targets:
-        masks = binary_masks(target["masks"])
-        height, width = masks.shape[-2:]
-        images.append({"id": int(target["image_id"]), "height": int(height), "width": int(width)})
-        for rle, label in zip(encode_masks(masks), _numpy(target["labels"]).tolist(), strict=True):
-            annotations.append({"id": len(annotations) + 1, "image_id": int(target["image_id"]),
-                                "category_id": category_ids[int(label) - 1], "segmentation": rle,
-                                "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(),
-                                "iscrowd": 0})
+    for image, image_annotations in entries:
+        images.append(image)
+        for annotation in image_annotations:
+            annotations.append({**annotation, "id": len(annotations) + 1})
     categories = [{"id": cid, "name": name} for cid, name in zip(category_ids, classes, strict=True)]
     return _coco({"images": images, "annotations": annotations, "categories": categories})
 
