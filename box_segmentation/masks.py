@@ -54,9 +54,10 @@ def masks_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tu
         x0, y0 = max(x1, 0), max(y1, 0)
         x_end, y_end = min(x2 + 1, width), min(y2 + 1, height)
         inside = resized[y0 - y1:max(y_end - y1, 0), x0 - x1:max(x_end - x1, 0)]
-        crops.append((inside > threshold).to(torch.uint8).flatten())
+        crops.append(inside.flatten())
         placements.append((x0, y0, inside.shape[0], inside.shape[1]))
-    flat = torch.cat(crops).cpu().numpy()
+    # One threshold and one transfer for all instances.
+    flat = (torch.cat(crops) > threshold).to(torch.uint8).cpu().numpy()
     result, start = [], 0
     for x0, y0, h, w in placements:
         result.append(BoxCrop(x0, y0, flat[start:start + h * w].reshape(h, w)))
@@ -71,10 +72,14 @@ def tight_roi(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 def centroid(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[float, float]:
     """Mean pixel centre (x, y) of the nonzero pixels; pixel (u, v) has its centre at (u + 0.5, v + 0.5)."""
-    moments = cv2.moments(mask, binaryImage=True)
-    if moments["m00"] == 0:
+    # Column and row counts: several times faster than cv2.moments on a binary image.
+    columns = cv2.reduce(mask, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+    rows = cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+    area = int(columns.sum())
+    if area == 0:
         raise ValueError("centroid of an empty mask")
-    return (x_offset + moments["m10"] / moments["m00"] + 0.5, y_offset + moments["m01"] / moments["m00"] + 0.5)
+    return (x_offset + float(columns @ np.arange(columns.size)) / area + 0.5,
+            y_offset + float(rows @ np.arange(rows.size)) / area + 0.5)
 
 
 def rotated_rect(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[float, float, float, float, float]:
