@@ -120,7 +120,8 @@ class Segmenter:
 
     def __call__(self, rgb: np.ndarray) -> list[Instance]:
         """Instances in an (H, W, 3) uint8 RGB image (any strides), sorted by score, highest first."""
-        if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+        if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+                and rgb.size > 0):
             raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {getattr(rgb, 'shape', type(rgb))} "
                              f"{getattr(rgb, 'dtype', '')}")
         height, width = rgb.shape[:2]
@@ -154,7 +155,7 @@ class Segmenter:
         flipped = tuple(axis for axis, stride in enumerate(rgb.strides) if stride < 0)
         if flipped:
             rgb = np.flip(rgb, axis=flipped)
-        tensor = _from_numpy_readonly(rgb).to(self.device, non_blocking=True)
+        tensor = _from_numpy_readonly(rgb).to(self.device)
         if flipped:
             tensor = tensor.flip(flipped)
         # uint8 crosses to the device; the float conversion (the one full copy) happens there.

@@ -118,6 +118,14 @@ def test_bad_image_is_refused(segmenter):
         segmenter(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="RGB"):
         segmenter(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match="RGB"):
+        segmenter(np.zeros((0, 10, 3), np.uint8))
+
+
+def test_nothing_above_the_threshold_gives_no_instances(checkpoint, image):
+    segmenter = Segmenter(checkpoint, device="cpu", score_threshold=1.0)
+    assert segmenter(image) == []
+    assert set(segmenter.last_timings) >= {"preprocess", "infer", "postprocess"}
 
 
 def test_missing_or_corrupt_checkpoint_raises_checkpoint_error(tmp_path):
