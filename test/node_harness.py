@@ -1,0 +1,158 @@
+"""Test harness for segment_node: the node in its own process, and a probe node that talks to it."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+
+from box_segmentation.image_conversion import rgb_to_imgmsg_fields
+from box_segmentation.msg import BoxMasks
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "segment.yaml"
+IMAGE_TOPIC = "/camera/color/image_raw"
+
+
+class NodeProcess:
+    """`python -m box_segmentation.node` with the shipped config, its output collected as it comes."""
+
+    def __init__(self, *params: str, ros_args: tuple[str, ...] = ()):
+        command = [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file", str(CONFIG),
+                   *ros_args]
+        for param in params:
+            command += ["-p", param]
+        # One torch thread: two threads fighting other processes for 2 shared cores run 3-10x slower.
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT)
+        self._lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def wait_for_output(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert self.process.poll() is None, f"segment_node exited:\n{self.output}"
+            assert time.monotonic() < deadline, f"no {text!r} from segment_node within {timeout} s:\n{self.output}"
+            time.sleep(0.1)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def stamp_seconds(header) -> float:
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def carton_image(seed: int, height: int = 120, width: int = 160) -> np.ndarray:
+    """A grey floor with a few brown boxes on it: something carton-like for any model."""
+    rng = np.random.default_rng(seed)
+    rgb = np.full((height, width, 3), 110, np.uint8)
+    for _ in range(3):
+        x, y = rng.integers(0, width - 40), rng.integers(0, height - 30)
+        rgb[y:y + rng.integers(20, 40), x:x + rng.integers(30, 50)] = rng.integers((140, 95, 50), (190, 135, 85))
+    return (rgb + rng.integers(0, 12, rgb.shape)).astype(np.uint8)
+
+
+class Probe:
+    """A test-side node, spun in a background thread: publishes images, collects what segment_node sends."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node("segment_node_probe", context=context)
+        camera_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.images = self.node.create_publisher(Image, IMAGE_TOPIC, camera_qos)
+        self.compressed = self.node.create_publisher(CompressedImage, IMAGE_TOPIC + "/compressed", camera_qos)
+        self.results = {}  # topic -> [(receive time, BoxMasks)]
+        self.diagnostics = []  # [(receive time, DiagnosticArray)]
+        self.node.create_subscription(DiagnosticArray, "/diagnostics",
+                                      lambda msg: self.diagnostics.append((time.time(), msg)),
+                                      QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
+        self._executor = SingleThreadedExecutor(context=context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def listen(self, topic: str = "/box_masks", message_type=BoxMasks) -> list:
+        """The list that collects (receive time, message) from topic."""
+        if topic not in self.results:
+            self.results[topic] = received = []
+            self.node.create_subscription(message_type, topic, lambda msg: received.append((time.time(), msg)),
+                                          QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        return self.results[topic]
+
+    def image(self, rgb: np.ndarray, frame_id: str = "camera", encoding: str = "rgb8") -> Image:
+        msg = Image(**rgb_to_imgmsg_fields(rgb, encoding))
+        msg.header.frame_id = frame_id
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        return msg
+
+    def compressed_image(self, rgb: np.ndarray, frame_id: str = "camera") -> CompressedImage:
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        assert ok
+        msg = CompressedImage(format="jpeg", data=jpeg.tobytes())
+        msg.header.frame_id = frame_id
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        return msg
+
+    def request(self, make_msg, publisher=None, topic: str = "/box_masks", attempts: int = 10,
+                timeout: float = 5.0):
+        """Publishes make_msg() (fresh stamp each attempt) until a result with its header comes back."""
+        publisher = publisher or self.images
+        received = self.listen(topic)
+        for _ in range(attempts):
+            msg = make_msg()
+            publisher.publish(msg)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for _, result in list(received):
+                    if result.header == msg.header:
+                        return msg, result
+                time.sleep(0.02)
+        raise AssertionError(f"no result on {topic} after {attempts} attempts")
+
+    def status(self, name: str, after: float = 0.0, timeout: float = 10.0, until=lambda values: True) -> dict:
+        """Key-values of the first status `name` received after time `after` for which until(values) holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for received, array in list(self.diagnostics):
+                for status in array.status:
+                    if received > after and status.name == name:
+                        values = {kv.key: kv.value for kv in status.values}
+                        if until(values):
+                            return values
+            time.sleep(0.05)
+        raise AssertionError(f"no fitting diagnostics status {name!r} within {timeout} s")
+
+    def close(self):
+        self._executor.shutdown()
+        self.node.destroy_node()
