@@ -1,0 +1,32 @@
+"""Speed of the synthetic dataset generator: images per second, everything included (render, JPEG, PNG, json).
+
+    python benchmarks/bench_synthetic.py --images 200
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+import synthetic  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        synthetic.generate_dataset(out, args.images, 0, args.seed, args.width, args.height)
+        seconds = time.perf_counter() - start
+    print(f"{args.images} images at {args.width}x{args.height}: {seconds:.1f} s, {args.images / seconds:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
