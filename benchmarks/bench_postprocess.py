@@ -78,7 +78,10 @@ def main():
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--repeats", type=int, default=5, help="best of this many runs per path (the CPU is shared)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # ours runs its small ops on one thread regardless
     header = Header(frame_id="camera_color_optical_frame")
 
     print(f"{args.width}x{args.height}, mask threshold {MASK_THRESHOLD}, torch threads {torch.get_num_threads()}, "
