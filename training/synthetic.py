@@ -350,7 +350,7 @@ class Face:
     decals: list = field(default_factory=list)  # (s0, s1, t0, t1, rgb, alpha, printed)
 
 
-MAX_DECALS = 3
+MAX_DECALS = 3  # per face
 MATERIALS = {
     "carton": {"texture": (500.0, 500.0, 0.07)},
     "wood": {"texture": (60.0, 1500.0, 0.25)},  # stretched noise reads as grain
@@ -396,10 +396,10 @@ def carton_faces(rng, box, label):
     for kind, origin, e1, e2, extent, normal in box_sides(box):
         a, b = extent
         decals = []
-        if kind == "top":
-            seam = (0, a, b / 2 - tape_width / 2, b / 2 + tape_width / 2) if tape else (0, a, b / 2 - 0.002,
-                                                                                           b / 2 + 0.002)
-            decals.append((*seam, tape_color if tape else (0.2, 0.15, 0.1), tape_alpha if tape else 0.6, False))
+        if kind == "top":  # the flaps meet along the middle, taped over or showing a dark seam
+            half = tape_width / 2 if tape else 0.002
+            color, alpha = (tape_color, tape_alpha) if tape else ((0.2, 0.15, 0.1), 0.6)
+            decals.append((0, a, b / 2 - half, b / 2 + half, color, alpha, False))
         if kind == "end" and tape:
             decals.append((a / 2 - tape_width / 2, a / 2 + tape_width / 2, 0, flap, tape_color, tape_alpha, False))
         if kind != "bottom" and rng.random() < (0.15 if kind == "top" else 0.3):
@@ -411,7 +411,7 @@ def carton_faces(rng, box, label):
     return faces
 
 
-def structure_faces(rng, box):
+def structure_faces(box):
     faces = []
     for kind, origin, e1, e2, extent, normal in box_sides(box):
         decals = []
@@ -441,9 +441,10 @@ def background_planes(rng, view, camera):
     for inward, distance in walls:
         origin = np.array([*view.target[:2], 0.0]) - inward * distance
         paint = jitter(rng, [(0.85, 0.85, 0.82), (0.7, 0.72, 0.75), (0.8, 0.75, 0.62)][rng.integers(3)])
-        posters = [(*random_rect(rng, (6, 3), 0.4, 1.5), rng.uniform(0.1, 0.9, 3), 1.0, False)
-                   for _ in range(rng.integers(0, 4))]
-        posters = [(s0 - 3, s1 - 3, t0, t1, c, a, p) for s0, s1, t0, t1, c, a, p in posters]
+        posters = []  # somewhere on the 6 m of wall behind the target
+        for _ in range(rng.integers(0, 3)):
+            s0, s1, t0, t1 = random_rect(rng, (6, 3), 0.4, 1.5)
+            posters.append((s0 - 3, s1 - 3, t0, t1, rng.uniform(0.1, 0.9, 3), 1.0, False))
         if rng.random() < 0.4:  # warehouses paint the lower part of their walls
             posters.append((-50, 50, 0, rng.uniform(0.8, 1.5), jitter(rng, (0.3, 0.4, 0.5)), 1.0, False))
         planes.append(Face(origin, np.cross(inward, UP), UP, inward, (math.inf, math.inf), paint,
@@ -465,7 +466,7 @@ def face_table(faces, camera, light):
     faces = [*faces, sky]
     decals = np.zeros((len(faces), MAX_DECALS, 9))  # s0 s1 t0 t1 r g b alpha printed; zero size = none
     for f, face in enumerate(faces):
-        for d, (s0, s1, t0, t1, color, alpha, printed) in enumerate(face.decals[:MAX_DECALS]):
+        for d, (s0, s1, t0, t1, color, alpha, printed) in enumerate(face.decals):
             decals[f, d] = [s0, s1, t0, t1, *color, alpha, printed]
     normals = np.array([f.normal for f in faces])
     direct, ambient = light
@@ -670,7 +671,7 @@ def render_scene(rng=None, width=640, height=480, kind=None):
         faces += carton_faces(rng, box, label)
     for box in boxes:
         if box.material != "carton":
-            faces += structure_faces(rng, box)
+            faces += structure_faces(box)
     elevation, azimuth = math.radians(rng.uniform(30, 85)), rng.uniform(0, 2 * math.pi)
     sun = np.array([math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth),
                     math.sin(elevation)])
