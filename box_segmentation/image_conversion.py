@@ -74,7 +74,7 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian
         pixels = pixels.view(">u2" if is_bigendian else "<u2")
     pixels = pixels.reshape(height, width, channels)
 
-    if name in ("rgb8",):
+    if name == "rgb8":
         return pixels
     if name in ("bgr8", "8uc3"):
         return pixels[..., ::-1]

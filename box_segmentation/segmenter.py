@@ -150,16 +150,19 @@ class Segmenter:
         return instances
 
     def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        # torch takes no negative strides (a bgr8 message read as a reversed view): undo them
-        # in numpy as a view and redo the flip on the device, on the small uint8 image.
-        flipped = tuple(axis for axis, stride in enumerate(rgb.strides) if stride < 0)
-        if flipped:
-            rgb = np.flip(rgb, axis=flipped)
-        tensor = _from_numpy_readonly(rgb).to(self.device)
-        if flipped:
-            tensor = tensor.flip(flipped)
-        # uint8 crosses to the device; the float conversion (the one full copy) happens there.
-        return tensor.permute(2, 0, 1).float().div_(255.0)
+        # torch takes no negative strides, which a bgr8 message read as a reversed view has:
+        # read it in its stored order and reverse the channels in the float conversion.
+        reversed_channels = rgb.strides[2] < 0
+        if reversed_channels:
+            rgb = rgb[..., ::-1]
+        if min(rgb.strides) < 0:  # flipped rows or columns: unusual, copy
+            rgb = np.ascontiguousarray(rgb)
+        stored = _from_numpy_readonly(rgb).to(self.device).permute(2, 0, 1)  # uint8 crosses to the device
+        # The one full copy: uint8 to float in RGB order, on the device.
+        image = torch.empty(stored.shape, dtype=torch.float32, device=self.device)
+        for target, source in enumerate((2, 1, 0) if reversed_channels else (0, 1, 2)):
+            image[target].copy_(stored[source])
+        return image.div_(255.0)
 
     def _detect(self, image: torch.Tensor, original_size: tuple[int, int]):
         # MaskRCNN.forward minus transform.postprocess: boxes scaled back, masks left at 28x28.
