@@ -9,6 +9,7 @@ Run: ros2 run box_segmentation segment_node --ros-args -p checkpoint:=/path/mode
 """
 
 import sys
+import textwrap
 import threading
 import time
 from collections import Counter, defaultdict
@@ -200,7 +201,8 @@ class SegmentNode(Node):
                              mask_threshold=unless_default("mask_threshold"),
                              max_detections=unless_default("max_detections"))
         except (CheckpointError, DeviceUnavailableError, ValueError) as error:
-            raise StartupError(" ".join(str(error).split())) from error  # one line, however torch words it
+            # One line, however torch words it; a list of hundreds of mismatched weights helps nobody.
+            raise StartupError(textwrap.shorten(str(error), width=500, placeholder=" [...]")) from error
 
     def _on_image(self, msg) -> None:
         self._stats.count("received")
