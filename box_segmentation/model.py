@@ -40,11 +40,12 @@ def _small_mask_rcnn(weights=None, weights_backbone=None, num_classes=COCO_NUM_C
     256-pixel inputs, so the FPN reads layer1-3 (strides 4, 8, 16) plus a max-pooled level.
     """
     channels = 96
-    # Regular BatchNorm: nothing pre-trained to freeze (torchvision does the same from scratch).
+    # Regular BatchNorm, in the FPN and mask head too: nothing pre-trained to freeze, and from scratch
+    # the unnormalised heads diverge at the recipe's learning rate.
     trunk = resnet18(weights=None, norm_layer=torch.nn.BatchNorm2d)
     backbone = BackboneWithFPN(trunk, return_layers={"layer1": "0", "layer2": "1", "layer3": "2"},
                                in_channels_list=[64, 128, 256], out_channels=channels,
-                               extra_blocks=LastLevelMaxPool())
+                               extra_blocks=LastLevelMaxPool(), norm_layer=torch.nn.BatchNorm2d)
     # One anchor size per level, smaller than torchvision's 32-512 to suit small inputs.
     anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
     levels = ["0", "1", "2"]
@@ -54,7 +55,7 @@ def _small_mask_rcnn(weights=None, weights_backbone=None, num_classes=COCO_NUM_C
         box_head=TwoMLPHead(channels * 7 * 7, 256),
         box_predictor=FastRCNNPredictor(256, num_classes),
         mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(channels, [128, 128], dilation=1),
+        mask_head=MaskRCNNHeads(channels, [128, 128], dilation=1, norm_layer=torch.nn.BatchNorm2d),
         mask_predictor=MaskRCNNPredictor(128, 128, num_classes),
         **kwargs,
     )

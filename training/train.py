@@ -137,6 +137,7 @@ def main(args) -> None:
     train, val, train_sampler, train_loader, val_loader = make_loaders(args, world_size, rank)
     run_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
+    torch.manual_seed(args.seed)  # the model's initial weights
     if args.resume:
         payload = read_checkpoint(args.resume)
         model, config = load_model(payload, device)
