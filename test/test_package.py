@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Import name -> the rosdep key package.xml declares for it.
 ROSDEP_KEYS = {
     "rclpy": "rclpy",
+    "rcl_interfaces": "rcl_interfaces",
     "std_msgs": "std_msgs",
     "sensor_msgs": "sensor_msgs",
     "geometry_msgs": "geometry_msgs",
