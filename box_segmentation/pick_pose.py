@@ -1,0 +1,439 @@
+"""From instance masks and aligned depth to picks: each carton's top-face pose and size, and the order to pick them.
+
+No ROS here. Per frame the node calls:
+
+    depth_m = depth_to_metres(depth_image, encoding, (height, width))  # the colour image's size
+    poses = estimate_poses(instances, depth_m, Intrinsics.from_k(camera_info.k), up=up_in_camera)
+    order = pick_order(instances, poses, (height, width), up=up_in_camera)
+    messages.add_poses(msg, poses, order)
+
+Conventions: the camera optical frame (x right, y down, z forward), metres. Intrinsics put pixel (u, v)'s
+centre at integer (u, v), as CameraInfo's K does, so pixel (u, v) with depth Z is the point
+((u - cx) Z / fx, (v - cy) Z / fy, Z). Masks are Instance roi + cropped mask (msg/BoxMask.msg). `up` is
+gravity-up expressed in the camera frame (the world z axis, from TF), or None when unknown.
+
+One carton (estimate_poses):
+1. Points: the depth pixels of the mask eroded by erode_px (mask edges mix carton, neighbour and background
+   depth). Too few of them: POSE_SPARSE_DEPTH.
+2. Faces: an SCD-style mask shows a carton's top and up to two sides, so planes are found one after another
+   by RANSAC on the points still unexplained (each must hold min_face_fraction of the points); then every
+   point goes to its nearest plane in depth (if within the inlier distance) and each plane is refitted by least
+   squares on its points. pose_quality is the share of points on some face; below min_quality: POSE_POOR_FIT.
+3. The top face: with `up`, the face whose normal is nearest up (POSE_NO_TOP_FACE when even that one is
+   more than max_top_tilt_deg off). Without `up`, the face that looks most squarely at the camera: right for
+   a camera above the stack looking down, the usual depalletising mount; oblique and side views need `up`.
+4. Extent: the whole (uneroded) mask's pixels on the top plane (gaps in the depth filled from their
+   neighbours, cut at the creases with the side planes; largest connected region); their pixel rays are
+   cut with the fitted plane (exact positions, free of depth noise) and the
+   minimum-area rectangle around them, grown by half a pixel's footprint (pixel centres stop short of the
+   face's edges), is the visible top face. Its centre is the pick point, its long side the x axis.
+
+A plane holds the points within inlier_sigmas times the carton's depth noise (kept within min_inlier_distance
+and max_inlier_distance), the noise measured from the depth itself (_depth_noise): tight on clean depth, so side
+faces do not creep into the top, loose on a noisy camera's.
+"""
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+
+class PoseStatus(enum.IntEnum):
+    """Same values as BoxMask.msg's POSE_* constants."""
+
+    NONE = 0  # no depth
+    OK = 1
+    SPARSE_DEPTH = 2
+    POOR_FIT = 3
+    NO_TOP_FACE = 4
+
+
+class Intrinsics(NamedTuple):
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @classmethod
+    def from_k(cls, k) -> "Intrinsics":
+        """From sensor_msgs/CameraInfo's row-major 3x3 K."""
+        return cls(float(k[0]), float(k[4]), float(k[2]), float(k[5]))
+
+
+@dataclass(frozen=True)
+class PoseParams:
+    erode_px: int = 2  # mask erosion before fitting
+    min_points: int = 50  # depth pixels a carton needs on its eroded mask...
+    min_valid_fraction: float = 0.3  # ...and as a share of the eroded mask
+    inlier_sigmas: float = 3.0  # a plane holds the points within this many sigmas of the carton's depth noise...
+    min_inlier_distance: float = 0.002  # ...never less than this, in metres...
+    max_inlier_distance: float = 0.04  # ...nor more: depth noisier than that fits poorly, as it should
+    fill_px: int = 4  # pixels without depth this close to ones with it take their face
+    max_faces: int = 3  # planes looked for per carton: a top and two sides
+    min_face_fraction: float = 0.05  # share of a carton's points a plane needs to count as a face
+    min_quality: float = 0.7  # share of points on faces below which the fit is poor
+    max_top_tilt_deg: float = 30.0  # with `up`: largest angle between up and a top face's normal
+    ransac_iterations: int = 200
+    ransac_points: int = 1000  # points each RANSAC hypothesis is scored on
+    max_fit_points: int = 5000  # a carton's points are thinned to this many for fitting
+    seed: int = 0  # RANSAC's random stream: same frame, same poses
+
+
+@dataclass(frozen=True)
+class OrderParams:
+    layer_tolerance: float = 0.05  # metres below a layer's highest top that still belong to the layer
+    cover_margin: float = 0.02  # metres: a neighbour this much higher covers the carton, this much lower is free
+    max_covered_share: float = 0.05  # share of the border on higher neighbours above which a carton is covered
+    ring_px: int = 3  # width of the border examined around each mask
+
+
+@dataclass(frozen=True)
+class CartonPose:
+    """One carton's top face; position, rotation and sizes only when status is OK."""
+
+    status: PoseStatus
+    quality: float = 0.0  # share of the eroded mask's depth points on the fitted faces
+    points: int = 0  # depth points on the eroded mask
+    position: np.ndarray | None = None  # (3,) pick point: centre of the visible top face, metres
+    rotation: np.ndarray | None = None  # (3, 3) columns: x long edge, y = z cross x, z normal toward the camera
+    length: float = 0.0  # visible top face extent along x, metres (length >= width)
+    width: float = 0.0
+
+    @property
+    def normal(self) -> np.ndarray | None:
+        return None if self.rotation is None else self.rotation[:, 2]
+
+    @property
+    def quaternion(self) -> tuple[float, float, float, float] | None:
+        """Orientation as (x, y, z, w), as geometry_msgs/Quaternion orders it."""
+        return None if self.rotation is None else quaternion_from_matrix(self.rotation)
+
+
+def depth_to_metres(depth: np.ndarray, encoding: str, image_size: tuple[int, int],
+                    divisor: float = 1000.0) -> np.ndarray:
+    """(H, W) float32 metres, NaN where the camera measured nothing.
+
+    encoding: "16UC1" (integer units, divisor of them per metre: 1000 = millimetres, the ROS convention;
+    0 = missing) or "32FC1" (metres; 0, NaN and inf = missing; divisor unused). image_size is the colour
+    image's (height, width): the depth must be registered to it pixel for pixel.
+    """
+    height, width = image_size
+    if depth.ndim != 2 or depth.shape != (height, width):
+        size = "x".join(str(n) for n in depth.shape[1::-1] + depth.shape[2:])
+        raise ValueError(f"depth image is {size} but the colour image is {width}x{height}: depth must be aligned "
+                         "(registered) to the colour camera, e.g. a RealSense's aligned_depth_to_color topic")
+    if encoding in ("16UC1", "mono16"):
+        metres = depth.astype(np.float32) / np.float32(divisor)
+    elif encoding == "32FC1":
+        metres = depth.astype(np.float32, copy=True)
+    else:
+        raise ValueError(f"unsupported depth encoding {encoding!r}: expected 16UC1 or 32FC1")
+    metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
+    return metres
+
+
+def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, params: PoseParams = PoseParams(),
+                   up=None) -> list[CartonPose]:
+    """The top-face pose of every instance (anything with .roi and .mask), in the instances' order.
+
+    depth_m: (H, W) float32 metres aligned to the image the masks came from, 0 or NaN = missing.
+    up: gravity-up in the camera frame, or None (see the module docstring for how the top face is chosen).
+    """
+    rng = np.random.default_rng(params.seed)
+    up = None if up is None else _unit(np.asarray(up, dtype=np.float64))
+    return [_carton_pose(instance.roi, instance.mask, depth_m, Intrinsics(*intrinsics), params, up, rng)
+            for instance in instances]
+
+
+def pick_order(instances, poses: list[CartonPose], image_size: tuple[int, int], params: OrderParams = OrderParams(),
+               up=None) -> list[int]:
+    """Indices into instances, the one to pick first first.
+
+    Cartons with an OK pose come first, sorted by:
+    1. layer: heights are pick points along up (given, or the mean normal of the OK top faces); the highest
+       carton and every one within layer_tolerance below it form layer 0, the highest of the rest layer 1...
+    2. covered last: a carton whose border touches a neighbour higher by cover_margin (on more than
+       max_covered_share of the border ring) may lie partly under it;
+    3. most free border first: the share of its border ring on no carton, or on cartons lower by cover_margin
+       (a pallet's corner cartons before its edge cartons before its middle ones, which grippers reach best);
+    4. higher first.
+    The others (no usable pose) follow in the given order; they are never neighbours that cover or flank.
+    """
+    good = [i for i, pose in enumerate(poses) if pose.status == PoseStatus.OK]
+    others = [i for i in range(len(poses)) if poses[i].status != PoseStatus.OK]
+    if not good:
+        return others
+    up = _unit(np.sum([poses[i].normal for i in good], axis=0) if up is None else np.asarray(up, dtype=np.float64))
+    heights = np.full(len(poses), np.nan)
+    heights[good] = [poses[i].position @ up for i in good]
+    layers = dict(zip(good, _layers(heights[good], params.layer_tolerance), strict=True))
+    labels = _label_image(instances, image_size)
+    keys = {}
+    for i in good:
+        covered_share, free_share = _border_shares(instances[i], i, labels, heights, params)
+        keys[i] = (layers[i], covered_share > params.max_covered_share, -free_share, -heights[i])
+    return sorted(good, key=keys.__getitem__) + others
+
+
+def quaternion_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, z, w) of a 3x3 rotation matrix."""
+    r = rotation
+    trace = r[0, 0] + r[1, 1] + r[2, 2]
+    # Shepperd's method: solve for the largest component first, so nothing divides by a tiny number.
+    largest = int(np.argmax([trace, r[0, 0], r[1, 1], r[2, 2]]))
+    if largest == 0:
+        s = 2 * math.sqrt(1 + trace)
+        q = (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, s / 4
+    elif largest == 1:
+        s = 2 * math.sqrt(1 + r[0, 0] - r[1, 1] - r[2, 2])
+        q = s / 4, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s, (r[2, 1] - r[1, 2]) / s
+    elif largest == 2:
+        s = 2 * math.sqrt(1 - r[0, 0] + r[1, 1] - r[2, 2])
+        q = (r[0, 1] + r[1, 0]) / s, s / 4, (r[1, 2] + r[2, 1]) / s, (r[0, 2] - r[2, 0]) / s
+    else:
+        s = 2 * math.sqrt(1 - r[0, 0] - r[1, 1] + r[2, 2])
+        q = (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, s / 4, (r[1, 0] - r[0, 1]) / s
+    return tuple(float(v) for v in q)
+
+
+# ----------------------------------------------------------------------------------------------------
+# One carton
+
+
+def _carton_pose(roi, mask, depth_m, intrinsics, params, up, rng) -> CartonPose:
+    x, y, w, h = roi
+    depth = depth_m[y:y + h, x:x + w]
+    has_depth = depth > 0  # NaN compares false
+    eroded = cv2.erode(mask, np.ones((2 * params.erode_px + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT,
+                       borderValue=0).astype(bool)
+    rows, cols = np.nonzero(eroded & has_depth)
+    if len(rows) < max(params.min_points, params.min_valid_fraction * np.count_nonzero(eroded)):
+        return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(rows))
+    points = _back_project(rows + y, cols + x, depth[rows, cols], intrinsics)
+    thinned = points[::-(-len(points) // params.max_fit_points)]  # evenly spread over the mask
+    tolerance = float(np.clip(params.inlier_sigmas * _depth_noise(depth, eroded & has_depth),
+                              params.min_inlier_distance, params.max_inlier_distance))
+    planes, owner = _find_faces(thinned, tolerance, params, rng)
+    quality = float(np.mean(owner >= 0)) if planes is not None else 0.0
+    if planes is None or quality < params.min_quality:
+        return CartonPose(PoseStatus.POOR_FIT, quality, len(points))
+    top = _top_face(planes, thinned, owner, up, params)
+    if top is None:
+        return CartonPose(PoseStatus.NO_TOP_FACE, quality, len(points))
+    points = _top_face_points(mask.astype(bool), depth, roi, planes, top, tolerance, intrinsics, params)
+    position, rotation, length, width = _face_rectangle(points, planes[top], intrinsics)
+    return CartonPose(PoseStatus.OK, quality, len(points), position, rotation, length, width)
+
+
+def _back_project(v, u, z, intrinsics) -> np.ndarray:
+    return np.column_stack([(u - intrinsics.cx) * z / intrinsics.fx, (v - intrinsics.cy) * z / intrinsics.fy, z])
+
+
+def _depth_noise(depth, pixels) -> float:
+    """Robust standard deviation (metres) of the depth noise over pixels, with no plane fitted.
+
+    Inverse depth is affine in (u, v) on any plane, so its second differences along rows are noise alone
+    (variance 6 sigma² / Z⁴), except at creases, which the median ignores.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):  # pixels without depth, which `pixels` leaves out
+        inverse = 1 / depth
+        second = inverse[:, :-2] - 2 * inverse[:, 1:-1] + inverse[:, 2:]
+    inside = pixels[:, :-2] & pixels[:, 1:-1] & pixels[:, 2:]
+    if not inside.any():
+        return 0.0
+    return float(1.4826 * np.median(np.abs(second[inside]) * depth[:, 1:-1][inside] ** 2) / math.sqrt(6))
+
+
+def _find_faces(points, tolerance, params, rng):
+    """(K, 4) planes n . p + d = 0 with n toward the camera and each point's plane index (-1: on none);
+    (None, None) when no face holds enough points."""
+    min_face = max(3, params.min_face_fraction * len(points))
+    planes, unexplained = [], np.ones(len(points), bool)
+    for _ in range(params.max_faces):
+        if np.count_nonzero(unexplained) < min_face:
+            break
+        plane = _ransac_plane(points[unexplained], tolerance, params, rng)
+        on_plane = unexplained & (_depth_residuals(points, plane[None])[:, 0] < tolerance)
+        if np.count_nonzero(on_plane) < min_face:
+            break
+        planes.append(_fit_plane(points[on_plane]))
+        unexplained &= ~on_plane
+    if not planes:
+        return None, None
+    # Planes found first take the points along shared edges: give each point to its nearest plane and refit.
+    planes = np.array(planes)
+    for _ in range(2):
+        owner = _nearest_plane(points, planes, tolerance)
+        kept = [k for k in range(len(planes)) if np.count_nonzero(owner == k) >= min_face]
+        if not kept:
+            return None, None
+        planes = np.array([_fit_plane(points[owner == k]) for k in kept])
+    return planes, _nearest_plane(points, planes, tolerance)
+
+
+def _ransac_plane(points, tolerance, params, rng) -> np.ndarray:
+    """The plane through three of the points that most of the others lie on, all hypotheses at once."""
+    scored = rng.choice(len(points), min(len(points), params.ransac_points), replace=False)
+    triples = points[rng.integers(0, len(points), (params.ransac_iterations, 3))]
+    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
+    lengths = np.linalg.norm(normals, axis=1)
+    normals /= np.maximum(lengths, 1e-12)[:, None]
+    planes = np.column_stack([normals, -np.einsum("ij,ij->i", normals, triples[:, 0])])
+    support = np.count_nonzero(_depth_residuals(points[scored], planes) < tolerance, axis=0)
+    support[lengths < 1e-9] = -1  # collinear triples
+    return planes[int(np.argmax(support))]
+
+
+def _fit_plane(points) -> np.ndarray:
+    """Least-squares plane (n, d) with n toward the camera at the origin."""
+    centre = points.mean(axis=0)
+    normal = np.linalg.svd(points - centre, full_matrices=False)[2][2]
+    if normal @ centre > 0:
+        normal = -normal
+    return np.append(normal, -normal @ centre)
+
+
+def _depth_residuals(points, planes) -> np.ndarray:
+    """(N, K) depth differences between each point and where its pixel's ray meets each plane.
+
+    Depth noise runs along the rays, so this, not the distance to the plane, is what the tolerance bounds.
+    It also keeps planes seen edge-on, which pass near points at any depth along their rays, from
+    explaining anything.
+    """
+    rays = points / points[:, 2:]
+    with np.errstate(divide="ignore", invalid="ignore"):  # rays parallel to a plane never meet it: inf
+        return np.abs((points @ planes[:, :3].T + planes[:, 3]) / (rays @ planes[:, :3].T))
+
+
+def _nearest_plane(points, planes, tolerance) -> np.ndarray:
+    residuals = _depth_residuals(points, planes)
+    nearest = np.argmin(residuals, axis=1)
+    return np.where(residuals[np.arange(len(points)), nearest] < tolerance, nearest, -1)
+
+
+def _top_face(planes, points, owner, up, params) -> int | None:
+    normals = planes[:, :3]
+    if up is not None:
+        best = int(np.argmax(normals @ up))
+        return best if normals[best] @ up >= math.cos(math.radians(params.max_top_tilt_deg)) else None
+    # Cosine between a face's normal and the direction from the face to the camera: d / |centre| for a
+    # plane n . p + d = 0 through the centre of its points.
+    distances = np.array([np.linalg.norm(points[owner == k].mean(axis=0)) for k in range(len(planes))])
+    return int(np.argmax(planes[:, 3] / distances))
+
+
+def _top_face_points(mask, depth, roi, planes, top, tolerance, intrinsics, params) -> np.ndarray:
+    """(N, 3) points where the rays of the mask's top-face pixels meet the top plane (exact, free of depth noise).
+
+    Pixels with depth belong to their nearest plane (or none, when off every plane); pixels without depth
+    within fill_px of one with it (holes, sensor shadows along edges) go with the nearest such, so the face
+    reaches the mask's edge. The top face ends where a side begins: points beyond a plane square to the top
+    (the crease) go, which noise alone cannot place. Then the largest connected region.
+    """
+    x, y = roi[:2]
+    rows, cols = np.nonzero(mask & (depth > 0))
+    face = np.zeros(mask.shape, np.int32)  # 0: no depth, 1: on no plane, k + 2: on plane k
+    face[rows, cols] = _nearest_plane(_back_project(rows + y, cols + x, depth[rows, cols], intrinsics),
+                                      planes, tolerance) + 2
+    no_depth = (face == 0).astype(np.uint8)
+    if no_depth.any():
+        # Labels number the pixels with depth in row-major order: look up each one's nearest.
+        gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+        face = np.where(gap <= params.fill_px, face[no_depth == 0][nearest - 1], 0)
+    rows, cols = np.nonzero(mask & (face == top + 2))
+    points = _on_plane(rows + y, cols + x, planes[top], intrinsics)
+    sides = planes[np.abs(planes[:, :3] @ planes[top, :3]) < 0.5]  # more than 60 degrees from the top
+    inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
+    region = np.zeros(mask.shape, np.uint8)
+    region[rows[inside], cols[inside]] = 1
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return points[inside][labels[rows[inside], cols[inside]] == largest]
+
+
+def _on_plane(v, u, plane, intrinsics) -> np.ndarray:
+    """Where the rays of pixels (u, v) meet a plane."""
+    rays = np.column_stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy,
+                            np.ones(len(u))])
+    return rays * (-plane[3] / (rays @ plane[:3]))[:, None]
+
+
+def _face_rectangle(points, plane, intrinsics):
+    """Pick point, rotation, length and width of the minimum-area rectangle around points on a plane."""
+    normal = plane[:3]
+    origin = points.mean(axis=0)
+    e1 = _unit(np.array([1.0, 0.0, 0.0]) - normal[0] * normal)  # camera x laid onto the plane
+    e2 = np.cross(normal, e1)
+    in_plane = ((points - origin) @ np.column_stack([e1, e2])).astype(np.float32)
+    (centre_s, centre_t), _, _ = rect = cv2.minAreaRect(in_plane)
+    corners = cv2.boxPoints(rect)
+    side_a, side_b = corners[1] - corners[0], corners[2] - corners[1]
+    long_side, short_side = (side_a, side_b) if np.hypot(*side_a) >= np.hypot(*side_b) else (side_b, side_a)
+    x_axis = _unit(long_side[0] * e1 + long_side[1] * e2)
+    if x_axis[0] < 0:  # of the two directions along the long edge, the one toward image right
+        x_axis = -x_axis
+    rotation = np.column_stack([x_axis, np.cross(normal, x_axis), normal])
+    position = origin + centre_s * e1 + centre_t * e2
+    # The outermost pixel centres stop short of the face's edges: by half a pixel on edges along the pixel
+    # grid, by almost nothing on slanted ones. Half a pixel in all is at most half a pixel off either way.
+    length = float(np.hypot(*long_side)) + _metres_per_pixel(position, rotation[:, 0], intrinsics) / 2
+    width = float(np.hypot(*short_side)) + _metres_per_pixel(position, rotation[:, 1], intrinsics) / 2
+    return position, rotation, length, width
+
+
+def _metres_per_pixel(point, direction, intrinsics) -> float:
+    """Distance along direction, at point, that moves its image by one pixel (the projection's derivative)."""
+    x, y, z = point
+    du = intrinsics.fx * (direction[0] * z - x * direction[2]) / z ** 2
+    dv = intrinsics.fy * (direction[1] * z - y * direction[2]) / z ** 2
+    return 1.0 / math.hypot(du, dv)
+
+
+def _unit(vector) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pick order
+
+
+def _layers(heights, tolerance) -> np.ndarray:
+    """Layer index of each height, 0 = top: a layer is its highest member and all within tolerance below it."""
+    layers = np.empty(len(heights), int)
+    layer, layer_top = -1, math.inf
+    for i in np.argsort(-heights):
+        if heights[i] < layer_top - tolerance:
+            layer, layer_top = layer + 1, heights[i]
+        layers[i] = layer
+    return layers
+
+
+def _label_image(instances, image_size) -> np.ndarray:
+    """(H, W) int32: index + 1 of the instance each pixel belongs to, 0 for none."""
+    labels = np.zeros(image_size, np.int32)
+    for index, instance in enumerate(instances):
+        x, y, w, h = instance.roi
+        labels[y:y + h, x:x + w][instance.mask.astype(bool)] = index + 1
+    return labels
+
+
+def _border_shares(instance, index, labels, heights, params) -> tuple[float, float]:
+    """Shares of the ring around a mask on higher neighbours (covering) and on nothing or lower ones (free)."""
+    x, y, w, h = instance.roi
+    ring_px = params.ring_px
+    x0, y0 = max(x - ring_px, 0), max(y - ring_px, 0)
+    x1, y1 = min(x + w + ring_px, labels.shape[1]), min(y + h + ring_px, labels.shape[0])
+    own = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    own[y - y0:y - y0 + h, x - x0:x - x0 + w] = instance.mask
+    ring = cv2.dilate(own, np.ones((2 * ring_px + 1,) * 2, np.uint8)).astype(bool) & ~own.astype(bool)
+    neighbours = labels[y0:y1, x0:x1][ring] - 1
+    if len(neighbours) == 0:  # the mask fills the image
+        return 0.0, 0.0
+    # Neighbours without a pose (NaN height) compare false both ways: neither covering nor free.
+    rise = np.where(neighbours >= 0, heights[neighbours], -np.inf) - heights[index]
+    with np.errstate(invalid="ignore"):
+        return float(np.mean(rise > params.cover_margin)), float(np.mean(rise < -params.cover_margin))

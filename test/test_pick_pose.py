@@ -1,0 +1,231 @@
+"""Pick poses from aligned depth against the synthetic scenes' 3D truth: pick points, normals, top sizes,
+flags for bad depth, pick order, depth units and size checks."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import synthetic
+
+from box_segmentation.masks import BoxCrop, describe
+from box_segmentation.pick_pose import (
+    CartonPose,
+    Intrinsics,
+    PoseParams,
+    PoseStatus,
+    depth_to_metres,
+    estimate_poses,
+    pick_order,
+    quaternion_from_matrix,
+)
+
+WIDTH, HEIGHT = 320, 240
+SEEDS = {"pallet": [2, 11], "loose": [1, 6], "trunk": [5]}  # a few of each, top layers and piles
+BOUNDS = {"position": 0.01, "normal_deg": 2.0, "size": 0.015}  # clean depth; twice these with sensor noise
+
+
+def scene_and_instances(seed, kind):
+    scene = synthetic.render_scene(seed, WIDTH, HEIGHT, kind)
+    labels = scene.visible_labels()
+    instances = [describe(BoxCrop(0, 0, (scene.labels == label).astype(np.uint8))) for label in labels]
+    return scene, labels, instances
+
+
+def intrinsics(scene):
+    return Intrinsics(scene.camera.fx, scene.camera.fy, scene.camera.cx, scene.camera.cy)
+
+
+def up_in_camera(scene):
+    return scene.camera.rotation[:, 2]  # world z seen from the camera, as TF would give it
+
+
+def top_face_well_seen(scene, label):
+    """The whole top face in view and unoccluded, at least 150 pixels, seen within 60 degrees of square-on:
+    where a pixel-sized footprint allows centimetre sizes."""
+    carton, camera = scene.cartons[label - 1], scene.camera
+    half = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * carton.size[:2] / 2
+    corners = carton.top_center + half @ carton.rotation[:, :2].T
+    uv = corners[:, :2] / corners[:, 2:] * [camera.fx, camera.fy] + [camera.cx, camera.cy]
+    if (uv < 0).any() or (uv[:, 0] > WIDTH - 1).any() or (uv[:, 1] > HEIGHT - 1).any():
+        return False
+    drawn = np.zeros((HEIGHT, WIDTH), np.uint8)
+    cv2.fillConvexPoly(drawn, np.round(uv * 16).astype(np.int32), 1, shift=4)
+    inside = cv2.erode(drawn, np.ones((3, 3), np.uint8)).astype(bool)  # clear of rounding at the outline
+    seen = scene.top_face & (scene.labels == label)
+    facing = -carton.top_normal @ carton.top_center / np.linalg.norm(carton.top_center)
+    return (np.count_nonzero(seen) >= 150 and np.count_nonzero(inside & ~seen) <= 0.01 * np.count_nonzero(inside)
+            and facing >= math.cos(math.radians(60)))
+
+
+def errors(pose, carton):
+    length, width = carton.size[:2]
+    return {"position": np.linalg.norm(pose.position - carton.top_center),
+            "normal_deg": math.degrees(math.acos(min(1.0, pose.normal @ carton.top_normal))),
+            "size": max(abs(pose.length - length), abs(pose.width - width))}
+
+
+def with_sensor_noise(depth_m, labels, rng):
+    """Like a stereo camera: noise growing with depth squared (2 mm at 1 m, 5 mm at 2 m), 1 % dropout, and
+    depth missing along occlusion edges (a band, plus blobs) where the two views see different things."""
+    noisy = depth_m + rng.normal(size=depth_m.shape).astype(np.float32) * (0.001 + 0.001 * depth_m ** 2)
+    edges = np.zeros(depth_m.shape, np.uint8)
+    for axis in (0, 1):
+        jump = (np.diff(labels, axis=axis) != 0) & (np.abs(np.diff(depth_m, axis=axis)) > 0.03)
+        edges[tuple(slice(1, None) if a == axis else slice(None) for a in (0, 1))] |= jump
+    missing = cv2.dilate(edges, np.ones((3, 3), np.uint8))
+    rows, cols = np.nonzero(edges)
+    for k in rng.choice(len(rows), min(len(rows), 40), replace=False):
+        cv2.circle(missing, (int(cols[k]), int(rows[k])), int(rng.integers(2, 6)), 1, -1)
+    noisy[missing.astype(bool) | (rng.random(depth_m.shape) < 0.01)] = np.nan
+    return noisy
+
+
+def pose_errors(noise_seed=None):
+    """Errors of every well-seen carton in the test scenes, as (kind, seed, label, errors)."""
+    found = []
+    for kind, seeds in SEEDS.items():
+        for seed in seeds:
+            scene, labels, instances = scene_and_instances(seed, kind)
+            depth = scene.depth.astype(np.float32) / 1000
+            if noise_seed is not None:
+                depth = with_sensor_noise(depth, scene.labels, np.random.default_rng(noise_seed + seed))
+            poses = estimate_poses(instances, depth, intrinsics(scene), up=up_in_camera(scene))
+            for label, pose in zip(labels, poses, strict=True):
+                if top_face_well_seen(scene, label):
+                    assert pose.status == PoseStatus.OK, (kind, seed, label, pose)
+                    found.append((kind, seed, label, errors(pose, scene.cartons[label - 1])))
+    return found
+
+
+def assert_within(found, scale):
+    assert len(found) >= 10, "the test scenes should show enough well-seen cartons"
+    for name, bound in BOUNDS.items():
+        worst = max(found, key=lambda entry: entry[3][name])
+        assert worst[3][name] <= scale * bound, f"{name}: {worst}"
+
+
+def test_poses_match_the_true_cartons():
+    assert_within(pose_errors(), 1)
+
+
+def test_poses_with_sensor_noise_and_holes_stay_within_twice_the_bounds():
+    assert_within(pose_errors(noise_seed=100), 2)
+
+
+def test_without_up_a_camera_looking_down_finds_the_same_top_faces():
+    scene, labels, instances = scene_and_instances(2, "pallet")  # camera 78 degrees above the horizon
+    depth = scene.depth.astype(np.float32) / 1000
+    guessed = estimate_poses(instances, depth, intrinsics(scene))
+    told = estimate_poses(instances, depth, intrinsics(scene), up=up_in_camera(scene))
+    assert sum(pose.status == PoseStatus.OK for pose in told) >= 5
+    for without, given in zip(guessed, told, strict=True):
+        if given.status == PoseStatus.OK:  # (a carton showing only a side reports that side without up)
+            assert without.status == PoseStatus.OK
+            np.testing.assert_allclose(without.position, given.position, atol=1e-6)
+
+
+def test_bad_depth_is_flagged_not_guessed():
+    scene, labels, instances = scene_and_instances(11, "pallet")
+    depth = scene.depth.astype(np.float32) / 1000
+    rng = np.random.default_rng(0)
+    sparse, noisy = (scene.labels == labels[k] for k in (0, 1))
+    depth[sparse & (rng.random(depth.shape) < 0.97)] = 0  # almost all depth gone
+    depth[noisy] += rng.uniform(-0.3, 0.3, np.count_nonzero(noisy))  # depth that is no surface
+    poses = estimate_poses(instances, depth, intrinsics(scene), up=up_in_camera(scene))
+    assert poses[0].status == PoseStatus.SPARSE_DEPTH and poses[0].position is None
+    assert poses[1].status == PoseStatus.POOR_FIT and poses[1].quality < PoseParams().min_quality
+    assert all(pose.status == PoseStatus.OK for pose in poses[2:] if pose.points > 2000)
+    # Gravity pointing into the floor: no face of any carton is a top face.
+    upside_down = estimate_poses(instances, depth, intrinsics(scene), up=-up_in_camera(scene))
+    assert all(flipped.status == PoseStatus.NO_TOP_FACE
+               for flipped, pose in zip(upside_down, poses, strict=True) if pose.status == PoseStatus.OK)
+
+
+def test_pose_orientation_is_the_face_normal_and_long_edge():
+    scene, labels, instances = scene_and_instances(11, "pallet")
+    poses = estimate_poses(instances, scene.depth / 1000.0, intrinsics(scene), up=up_in_camera(scene))
+    for pose in poses:
+        if pose.status != PoseStatus.OK:
+            continue
+        np.testing.assert_allclose(pose.rotation.T @ pose.rotation, np.eye(3), atol=1e-9)
+        assert np.linalg.det(pose.rotation) == pytest.approx(1)
+        assert pose.normal @ pose.position < 0, "the normal points toward the camera"
+        assert pose.rotation[0, 0] >= 0 and pose.length >= pose.width
+        np.testing.assert_allclose(matrix_from_quaternion(pose.quaternion), pose.rotation, atol=1e-9)
+
+
+def matrix_from_quaternion(q):
+    x, y, z, w = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def test_quaternion_from_matrix_round_trips_every_branch():
+    rng = np.random.default_rng(0)
+    turns = [np.diag(d) for d in ([1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1])]  # each largest term
+    for _ in range(20):
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        turns.append(q * np.sign(np.diag(r)) * np.sign(np.linalg.det(q * np.sign(np.diag(r)))))
+    for rotation in turns:
+        quaternion = quaternion_from_matrix(rotation)
+        assert np.linalg.norm(quaternion) == pytest.approx(1)
+        np.testing.assert_allclose(matrix_from_quaternion(quaternion), rotation, atol=1e-9)
+
+
+@pytest.mark.parametrize(("seed", "told_up"), [(13, True), (16, True), (20, True), (2, False)])
+def test_pick_order_takes_the_top_layer_first(seed, told_up):
+    """Given up (from TF), or estimated from the top faces when the camera looks down (scene 2)."""
+    scene, labels, instances = scene_and_instances(seed, "pallet")
+    up = up_in_camera(scene) if told_up else None
+    poses = estimate_poses(instances, scene.depth.astype(np.float32) / 1000, intrinsics(scene), up=up)
+    order = pick_order(instances, poses, (HEIGHT, WIDTH), up=up)
+    assert sorted(order) == list(range(len(instances)))
+    truth = np.array([scene.cartons[label - 1].top_center @ up_in_camera(scene) for label in labels])
+    posed = [k for k in order if poses[k].status == PoseStatus.OK]
+    assert order[:len(posed)] == posed, "cartons without a pose come last"
+    in_top_layer = [truth[k] >= truth[posed].max() - 0.05 for k in posed]
+    assert 0 < sum(in_top_layer) < len(posed), "the scene should show more than one layer"
+    assert all(in_top_layer[:sum(in_top_layer)]), "every top-layer carton before any lower one"
+
+
+def rectangle(x, y, w, h):
+    return describe(BoxCrop(x, y, np.ones((h, w), np.uint8)))
+
+
+def flat_pose(height):
+    """An OK pose whose top is `height` metres up (up = -z: a camera looking straight down)."""
+    return CartonPose(PoseStatus.OK, 1.0, 1000, position=np.array([0.0, 0.0, 2.0 - height]),
+                      rotation=np.diag([1.0, -1.0, -1.0]), length=0.4, width=0.3)
+
+
+def test_pick_order_prefers_uncovered_cartons_with_free_sides():
+    # A row of four level cartons 0 1 2 4; 3 below 1 and 3 cm higher (same layer); 5 apart, without a pose.
+    instances = [rectangle(10, 10, 20, 20), rectangle(30, 10, 20, 20), rectangle(50, 10, 20, 20),
+                 rectangle(30, 30, 20, 20), rectangle(70, 10, 20, 20), rectangle(10, 50, 20, 20)]
+    poses = [flat_pose(1.0), flat_pose(1.0), flat_pose(1.0), flat_pose(1.03), flat_pose(1.0),
+             CartonPose(PoseStatus.SPARSE_DEPTH)]
+    order = pick_order(instances, poses, (80, 100), up=(0, 0, -1))
+    assert order[0] == 3, "free on every side"
+    assert set(order[1:3]) == {0, 4}, "the row's ends: three sides free"
+    assert order[3:] == [2, 1, 5], "2 is flanked on two sides, 1 lies beside the higher 3, 5 has no pose"
+
+
+def test_depth_to_metres_units_and_missing_values():
+    millimetres = np.array([[0, 1000], [1234, 65535]], np.uint16)
+    metres = depth_to_metres(millimetres, "16UC1", (2, 2))
+    assert metres.dtype == np.float32 and np.isnan(metres[0, 0])
+    np.testing.assert_allclose(metres[[0, 1, 1], [1, 0, 1]], [1.0, 1.234, 65.535], rtol=1e-6)
+    np.testing.assert_allclose(depth_to_metres(millimetres, "16UC1", (2, 2), divisor=10000)[0, 1], 0.1)
+    floats = np.array([[0.0, 1.5], [np.nan, np.inf]], np.float32)
+    metres = depth_to_metres(floats, "32FC1", (2, 2))
+    assert metres[0, 1] == 1.5 and np.isnan(metres[[0, 1, 1], [0, 0, 1]]).all()
+    assert floats[0, 0] == 0, "the input is left alone"
+    with pytest.raises(ValueError, match="8UC1"):
+        depth_to_metres(millimetres, "8UC1", (2, 2))
+
+
+def test_depth_of_another_size_names_both_sizes():
+    with pytest.raises(ValueError, match=r"depth image is 640x480 but the colour image is 1280x720"):
+        depth_to_metres(np.zeros((480, 640), np.uint16), "16UC1", (720, 1280))
