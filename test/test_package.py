@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROSDEP_KEYS = {
     "rclpy": "rclpy",
     "rcl_interfaces": "rcl_interfaces",
+    "ament_index_python": "ament_index_python",
     "std_msgs": "std_msgs",
     "sensor_msgs": "sensor_msgs",
     "geometry_msgs": "geometry_msgs",
