@@ -3,16 +3,20 @@
 A pick planner in Python reads the masks with two lines:
     from box_segmentation.messages import cropped_masks
     masks = cropped_masks(msg)  # one (roi.height, roi.width) uint8 array per box
+
+With depth, add_poses fills each box's pick pose fields from pick_pose.estimate_poses and pick_order.
 """
 
 import array
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point, Pose, Quaternion
 from sensor_msgs.msg import RegionOfInterest
 from std_msgs.msg import Header
 
 from box_segmentation.msg import BoxMask, BoxMasks, RotatedRect
+from box_segmentation.pick_pose import CartonPose, PoseStatus
 from box_segmentation.segmenter import Instance
 
 
@@ -36,6 +40,29 @@ def to_box_masks(instances: list[Instance], header, height: int, width: int) -> 
             rotated_rect=RotatedRect(center_x=float(cx), center_y=float(cy), length=float(length),
                                      width=float(rect_width), angle=float(angle)),
         ))
+    return msg
+
+
+def add_poses(msg: BoxMasks, poses: list[CartonPose], order: list[int]) -> BoxMasks:
+    """Fill every box's pose fields (BoxMask.msg: pose_status to pick_rank), in place; returns msg.
+
+    poses: one per box, in msg.boxes' order (estimate_poses of the same instances); order: pick_order's
+    indices, the box to pick first first. Boxes without an OK pose keep the default pose and zero sizes.
+    """
+    if len(poses) != len(msg.boxes) or sorted(order) != list(range(len(msg.boxes))):
+        raise ValueError(f"{len(msg.boxes)} boxes need one pose each and an order of all of them, got "
+                         f"{len(poses)} poses and order {order}")
+    for rank, index in enumerate(order):
+        box, pose = msg.boxes[index], poses[index]
+        box.pose_status = int(pose.status)
+        box.pose_quality = float(pose.quality)
+        box.pick_rank = rank
+        if pose.status == PoseStatus.OK:
+            x, y, z, w = pose.quaternion
+            box.pose = Pose(position=Point(x=float(pose.position[0]), y=float(pose.position[1]),
+                                           z=float(pose.position[2])),
+                            orientation=Quaternion(x=x, y=y, z=z, w=w))
+            box.top_length, box.top_width = float(pose.length), float(pose.width)
     return msg
 
 

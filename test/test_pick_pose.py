@@ -7,8 +7,11 @@ import cv2
 import numpy as np
 import pytest
 import synthetic
+from rclpy.serialization import deserialize_message, serialize_message
 
 from box_segmentation.masks import BoxCrop, describe
+from box_segmentation.messages import add_poses, to_box_masks
+from box_segmentation.msg import BoxMask, BoxMasks
 from box_segmentation.pick_pose import (
     CartonPose,
     Intrinsics,
@@ -19,6 +22,7 @@ from box_segmentation.pick_pose import (
     pick_order,
     quaternion_from_matrix,
 )
+from box_segmentation.segmenter import Instance
 
 WIDTH, HEIGHT = 320, 240
 SEEDS = {"pallet": [2, 11], "loose": [1, 6], "trunk": [5]}  # a few of each, top layers and piles
@@ -28,8 +32,15 @@ BOUNDS = {"position": 0.01, "normal_deg": 2.0, "size": 0.015}  # clean depth; tw
 def scene_and_instances(seed, kind):
     scene = synthetic.render_scene(seed, WIDTH, HEIGHT, kind)
     labels = scene.visible_labels()
-    instances = [describe(BoxCrop(0, 0, (scene.labels == label).astype(np.uint8))) for label in labels]
-    return scene, labels, instances
+    return scene, labels, [instance_of(scene.labels == label) for label in labels]
+
+
+def instance_of(mask, x_offset=0, y_offset=0):
+    """A segmenter Instance with the true mask, as if the model found it exactly."""
+    shape = describe(BoxCrop(x_offset, y_offset, mask.astype(np.uint8)))
+    x, y, w, h = shape.roi
+    return Instance(box=(x, y, x + w, y + h), score=1.0, class_id=1, class_name="carton", roi=shape.roi,
+                    mask=shape.mask, area=shape.area, centroid=shape.centroid, rotated_rect=shape.rotated_rect)
 
 
 def intrinsics(scene):
@@ -191,7 +202,7 @@ def test_pick_order_takes_the_top_layer_first(seed, told_up):
 
 
 def rectangle(x, y, w, h):
-    return describe(BoxCrop(x, y, np.ones((h, w), np.uint8)))
+    return instance_of(np.ones((h, w), bool), x, y)
 
 
 def flat_pose(height):
@@ -229,3 +240,33 @@ def test_depth_to_metres_units_and_missing_values():
 def test_depth_of_another_size_names_both_sizes():
     with pytest.raises(ValueError, match=r"depth image is 640x480 but the colour image is 1280x720"):
         depth_to_metres(np.zeros((480, 640), np.uint16), "16UC1", (720, 1280))
+
+
+def test_poses_fill_the_box_masks_message():
+    scene, labels, instances = scene_and_instances(11, "pallet")
+    depth = scene.depth.astype(np.float32) / 1000
+    depth[scene.labels == labels[0]] = np.nan  # one carton without depth
+    poses = estimate_poses(instances, depth, intrinsics(scene), up=up_in_camera(scene))
+    order = pick_order(instances, poses, (HEIGHT, WIDTH), up=up_in_camera(scene))
+    header = BoxMasks().header
+    untouched = to_box_masks(instances, header, HEIGHT, WIDTH)
+    assert {box.pose_status for box in untouched.boxes} == {BoxMask.POSE_NONE}
+    msg = deserialize_message(serialize_message(add_poses(to_box_masks(instances, header, HEIGHT, WIDTH), poses,
+                                                          order)), BoxMasks)
+    assert [msg.boxes[index].pick_rank for index in order] == list(range(len(order)))
+    for box, pose in zip(msg.boxes, poses, strict=True):
+        assert box.pose_status == pose.status and box.pose_quality == pytest.approx(pose.quality)
+        if pose.status != PoseStatus.OK:
+            assert box.top_length == 0 and box.pose.orientation.w == 1
+            continue
+        position = box.pose.position
+        np.testing.assert_allclose([position.x, position.y, position.z], pose.position)
+        rotation = matrix_from_quaternion([box.pose.orientation.x, box.pose.orientation.y, box.pose.orientation.z,
+                                           box.pose.orientation.w])
+        np.testing.assert_allclose(rotation, pose.rotation, atol=1e-9)
+        assert (box.top_length, box.top_width) == pytest.approx((pose.length, pose.width))
+    assert msg.boxes[0].pose_status == BoxMask.POSE_SPARSE_DEPTH
+    assert {status.name: int(status) for status in PoseStatus} == {
+        name[len("POSE_"):]: getattr(BoxMask, name) for name in dir(BoxMask) if name.startswith("POSE_")}
+    with pytest.raises(ValueError, match="one pose each"):
+        add_poses(untouched, poses[1:], order)
