@@ -78,8 +78,8 @@ class PoseParams:
     min_quality: float = 0.7  # share of points on faces below which the fit is poor
     max_top_tilt_deg: float = 30.0  # with `up`: largest angle between up and a top face's normal
     ransac_iterations: int = 200
-    ransac_points: int = 1000  # points each RANSAC hypothesis is scored on
-    max_fit_points: int = 5000  # a carton's points are thinned to this many for fitting
+    ransac_points: int = 300  # points each RANSAC hypothesis is scored on
+    max_fit_points: int = 2000  # a carton's points are thinned to this many for fitting
     seed: int = 0  # RANSAC's random stream: same frame, same poses
 
 
@@ -291,7 +291,8 @@ def _ransac_plane(points, tolerance, params, rng) -> np.ndarray:
 def _fit_plane(points) -> np.ndarray:
     """Least-squares plane (n, d) with n toward the camera at the origin."""
     centre = points.mean(axis=0)
-    normal = np.linalg.svd(points - centre, full_matrices=False)[2][2]
+    offsets = points - centre
+    normal = np.linalg.eigh(offsets.T @ offsets)[1][:, 0]  # direction of least spread
     if normal @ centre > 0:
         normal = -normal
     return np.append(normal, -normal @ centre)
