@@ -23,10 +23,10 @@ One carton (estimate_poses):
    more than max_top_tilt_deg off). Without `up`, the face that looks most squarely at the camera: right for
    a camera above the stack looking down, the usual depalletising mount; oblique and side views need `up`.
 4. Extent: the whole (uneroded) mask's pixels on the top plane (gaps in the depth filled from their
-   neighbours, cut at the creases with the side planes; largest connected region); their pixel rays are
-   cut with the fitted plane (exact positions, free of depth noise) and the
-   minimum-area rectangle around them, grown by half a pixel's footprint (pixel centres stop short of the
-   face's edges), is the visible top face. Its centre is the pick point, its long side the x axis.
+   neighbours, cut at the creases with the side planes; largest connected region); their pixel rays are cut
+   with the fitted plane (exact positions, free of depth noise) and the minimum-area rectangle around them,
+   grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the visible top face.
+   Its centre is the pick point, its long side the x axis.
 
 A plane holds the points within inlier_sigmas times the carton's depth noise (kept within min_inlier_distance
 and max_inlier_distance), the noise measured from the depth itself (_depth_noise): tight on clean depth, so side
@@ -117,7 +117,7 @@ def depth_to_metres(depth: np.ndarray, encoding: str, image_size: tuple[int, int
                     divisor: float = 1000.0) -> np.ndarray:
     """(H, W) float32 metres, NaN where the camera measured nothing.
 
-    encoding: "16UC1" (integer units, divisor of them per metre: 1000 = millimetres, the ROS convention;
+    encoding: "16UC1" or "mono16" (integer units, divisor of them per metre: 1000 = millimetres, the ROS convention;
     0 = missing) or "32FC1" (metres; 0, NaN and inf = missing; divisor unused). image_size is the colour
     image's (height, width): the depth must be registered to it pixel for pixel.
     """
@@ -224,8 +224,10 @@ def _carton_pose(roi, mask, depth_m, intrinsics, params, up, rng) -> CartonPose:
     top = _top_face(planes, thinned, owner, up, params)
     if top is None:
         return CartonPose(PoseStatus.NO_TOP_FACE, quality, len(points))
-    points = _top_face_points(mask.astype(bool), depth, roi, planes, top, tolerance, intrinsics, params)
-    position, rotation, length, width = _face_rectangle(points, planes[top], intrinsics)
+    face = _top_face_points(mask.astype(bool), depth, roi, planes, top, tolerance, intrinsics, params)
+    if len(face) < 3:  # the creases cut the whole face away: the planes are no box's
+        return CartonPose(PoseStatus.POOR_FIT, quality, len(points))
+    position, rotation, length, width = _face_rectangle(face, planes[top], intrinsics)
     return CartonPose(PoseStatus.OK, quality, len(points), position, rotation, length, width)
 
 
@@ -349,6 +351,8 @@ def _top_face_points(mask, depth, roi, planes, top, tolerance, intrinsics, param
     points = _on_plane(rows + y, cols + x, planes[top], intrinsics)
     sides = planes[np.abs(planes[:, :3] @ planes[top, :3]) < 0.5]  # more than 60 degrees from the top
     inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
+    if not inside.any():
+        return points[:0]
     region = np.zeros(mask.shape, np.uint8)
     region[rows[inside], cols[inside]] = 1
     _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
