@@ -156,7 +156,9 @@ class SegmentNode(Node):
         self._publisher = self.create_publisher(BoxMasks, p["output_topic"], output_qos)
         self._debug_publisher = None
         if p["publish_debug_image"]:
-            self._debug_publisher = self.create_publisher(Image, p["output_topic"] + "/debug_image", output_qos)
+            debug_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                   durability=DurabilityPolicy.VOLATILE)  # a viewer wants the latest only
+            self._debug_publisher = self.create_publisher(Image, p["output_topic"] + "/debug_image", debug_qos)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos)
 
         self._stats = Statistics()
@@ -214,6 +216,8 @@ class SegmentNode(Node):
             try:
                 self._process(msg)
             except Exception as error:  # keep serving: one failed frame must not stop the node
+                if not self.context.ok():
+                    return  # Ctrl-C while a frame was in hand: its result has nowhere to go
                 self._stats.count("failed")
                 self.get_logger().error(f"segmentation failed: {error!r}", throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
 
@@ -229,8 +233,8 @@ class SegmentNode(Node):
         self._stats.add_time("convert", time.perf_counter() - start)
 
         instances = self._segmenter(rgb)
-        for stage, seconds in self._segmenter.last_timings.items():
-            self._stats.add_time(stage, seconds)
+        for stage in ("preprocess", "infer", "postprocess"):
+            self._stats.add_time(stage, self._segmenter.last_timings[stage])
 
         start = time.perf_counter()
         result = to_box_masks(instances, msg.header, rgb.shape[0], rgb.shape[1])

@@ -194,9 +194,11 @@ def test_launch_file_compiles_and_its_arguments_are_node_parameters():
         assert f'"{argument}"' in source
 
 
-def test_stops_cleanly_on_sigterm_and_ctrl_c(started):
+def test_stops_cleanly_on_sigterm_and_ctrl_c(started, probe):
     raw_node, compressed_node = started
+    probe.images.publish(probe.image(carton_image(0)))
+    time.sleep(0.05)  # stopped in the middle of a frame: its result has nowhere to go, and that is fine
     assert raw_node.stop(signal.SIGTERM) == 0, raw_node.output
     assert compressed_node.stop(signal.SIGINT) == 0, compressed_node.output
     for node in started:
-        assert "Traceback" not in node.output, node.output
+        assert "Traceback" not in node.output and "segmentation failed" not in node.output, node.output
