@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from augment import eval_transforms, train_transforms
+from augment import eval_transforms
 from coco_data import collate, load_split
 from engine import NonFiniteLossError, evaluate, train_one_epoch
 from group_by_aspect_ratio import GroupedBatchSampler, aspect_ratio_groups
@@ -36,21 +36,22 @@ def run_train(*args, env=None, launcher=(sys.executable,)):
 
 
 def test_learning_happens(data):
-    """A small model from scratch, 150 iterations on 4 images, must segment those images."""
+    """A small model from scratch, 150 iterations on 4 images, must segment those images.
+
+    Without augmentation (test_augment covers it): it only slows this down."""
     torch.manual_seed(0)
-    train = load_split(data, "train", train_transforms())
     seen = load_split(data, "train", eval_transforms())
-    loader = torch.utils.data.DataLoader(torch.utils.data.ConcatDataset([train] * 75), batch_size=2, shuffle=True,
+    loader = torch.utils.data.DataLoader(torch.utils.data.ConcatDataset([seen] * 75), batch_size=2, shuffle=True,
                                          collate_fn=collate)
-    model = build_model(ModelConfig.for_arch("maskrcnn_resnet18_fpn", min_size=160, max_size=200))
+    model = build_model(ModelConfig.for_arch("maskrcnn_resnet18_fpn", min_size=128, max_size=192))
     eval_loader = torch.utils.data.DataLoader(seen, batch_size=1, collate_fn=collate)
     before, _ = evaluate(model, eval_loader, CPU, seen.classes, seen.category_ids)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=0.0005)
     losses = train_one_epoch(model, optimizer, loader, CPU, epoch=0, warmup_iters=20)
     after, _ = evaluate(model, eval_loader, CPU, seen.classes, seen.category_ids)
     print(f"mask AP50 {before['segm_AP50']:.3f} -> {after['segm_AP50']:.3f}, loss {losses['loss']:.3f}")
     assert before["segm_AP50"] < 0.05
-    assert after["segm_AP50"] > 0.3  # 0.44 here; an untrained model scores 0
+    assert after["segm_AP50"] > 0.5  # about 0.85 here; an untrained model scores 0
 
 
 def test_resume_continues_exactly_and_keeps_the_key_out(data, tmp_path):
