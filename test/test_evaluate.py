@@ -10,7 +10,7 @@ import pytest
 import torch
 from augment import eval_transforms
 from coco_data import load_split
-from coco_eval import coco_gt_from_targets, evaluate_results
+from coco_eval import coco_gt_from_dataset, evaluate_results
 from synthetic import generate_dataset
 
 from box_segmentation.model import ModelConfig, build_model, save_checkpoint
@@ -35,6 +35,5 @@ def test_evaluate_cli_writes_what_coco_eval_computes(tmp_path):
     assert len(list(output.glob("overlay_*.png"))) == 1
     # The results file, scored by the importable function, gives the same numbers.
     dataset = load_split(tmp_path / "data", "val", eval_transforms())
-    gt = coco_gt_from_targets([target for _, target in dataset], dataset.classes, dataset.category_ids)
-    again = evaluate_results(gt, json.loads((output / "results.json").read_text()))
+    again = evaluate_results(coco_gt_from_dataset(dataset), json.loads((output / "results.json").read_text()))
     assert again == pytest.approx(metrics)

@@ -71,6 +71,11 @@ def coco_gt_from_targets(targets, classes, category_ids=None) -> COCO:
     return coco_gt_from_entries(entries, classes, category_ids)
 
 
+def coco_gt_from_dataset(dataset) -> COCO:
+    """The ground truth training/evaluate.py scores against: a coco_data.CocoCartons split, as loaded."""
+    return coco_gt_from_targets([target for _, target in dataset], dataset.classes, dataset.category_ids)
+
+
 def gt_entry(target, category_ids) -> tuple[dict, list[dict]]:
     """(COCO image, its annotations) of one target: RLE-encoded, so a whole split fits in memory."""
     masks = binary_masks(target["masks"])
