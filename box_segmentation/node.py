@@ -5,6 +5,11 @@ takes the newest frame, converts, infers and publishes. A frame still waiting wh
 one arrives is dropped (and counted), so results always describe the newest image and no
 queue builds up when inference is slower than the camera.
 
+With depth_topic set, each frame is paired by stamp with an aligned depth image (the cached one
+closest in stamp, within depth_sync_tolerance) and every carton gets a pick pose and rank
+(box_segmentation.pick_pose), in the camera optical frame of the image's header: there is no TF here.
+A frame without a usable depth image is still published, its boxes with pose_status POSE_NONE.
+
 Run: ros2 run box_segmentation segment_node --ros-args -p checkpoint:=/path/model.pt
 """
 
@@ -12,20 +17,24 @@ import sys
 import textwrap
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 
 import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseArray, Vector3
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
 
 from box_segmentation.image_conversion import (
     ImageConversionError,
@@ -33,9 +42,10 @@ from box_segmentation.image_conversion import (
     imgmsg_to_rgb,
     rgb_to_imgmsg_fields,
 )
-from box_segmentation.messages import to_box_masks
+from box_segmentation.messages import add_poses, to_box_masks
 from box_segmentation.model import CheckpointError
 from box_segmentation.msg import BoxMasks
+from box_segmentation.pick_pose import CartonPose, Intrinsics, PoseStatus, depth_to_metres, estimate_poses, pick_order
 from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
 
 NODE_NAME = "segment_node"
@@ -60,10 +70,34 @@ PARAMETERS = {
     "output_topic": ("box_masks", "BoxMasks output topic; relative, so /box_masks unless namespaced.", True),
     "publish_debug_image": (True, "Publish an overlay on <output_topic>/debug_image, drawn only while "
                                   "someone subscribes.", True),
+    "depth_topic": ("", "Depth sensor_msgs/Image (16UC1, mono16 or 32FC1) registered to the colour image pixel for "
+                        "pixel, e.g. /camera/aligned_depth_to_color/image_raw: every carton then gets a pick pose and "
+                        "rank. Empty: no depth, masks only. Read with input_reliability.", True),
+    "camera_info_topic": ("", "sensor_msgs/CameraInfo of the colour camera (aligned depth shares its intrinsics), "
+                              "e.g. /camera/color/camera_info. Required with depth_topic.", True),
+    "depth_sync_tolerance": (0.02, "Seconds: the largest stamp difference between a colour image and the depth "
+                                   "image paired with it. A frame with no depth image that close gets no poses.",
+                             True),
+    "depth_divisor": (1000.0, "16UC1 and mono16 depth units per metre: 1000 = millimetres, the ROS convention. "
+                              "32FC1 depth is in metres.", True),
+    "up_in_camera": ([], "Gravity-up as a fixed [x, y, z] in the camera optical frame (x right, y down, z forward), "
+                         "e.g. [0.0, -1.0, 0.0] for a level camera; chooses the top faces and the layers. Empty: "
+                         "unknown, the top face is the one most squarely facing the camera (right for a camera "
+                         "above the stack looking down).", True),
+    "publish_markers": (True, "With depth: RViz markers on <output_topic>/markers (a box and the pick rank per "
+                              "carton with a pose), built only while someone subscribes.", True),
 }
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 CONVERTERS = {"raw": (Image, imgmsg_to_rgb), "compressed": (CompressedImage, compressed_to_rgb)}
-STAGES = ("convert", "preprocess", "infer", "postprocess", "publish")
+DEPTH_TYPES = {"16UC1": "u2", "mono16": "u2", "32FC1": "f4"}  # what pick_pose.depth_to_metres reads
+STAGES = ("convert", "preprocess", "infer", "postprocess", "poses", "publish")
+# Frames published without poses although depth is configured: event -> diagnostics key.
+NO_POSE_REASONS = {"no depth match": "frames without depth match", "bad depth": "frames with bad depth",
+                   "no camera info": "frames without camera info"}
+DEPTH_CACHE_SIZE = 10  # depth images kept for pairing: a third of a second at 30 Hz
+DEPTH_LATE_WAIT = 0.005  # seconds, beyond the tolerance, to wait after inference for a late depth image
+MARKER_THICKNESS = 0.01  # metres: the top face drawn as a thin box
+LABEL_SIZE = 0.05  # metres: height of the pick rank's text, raised this far off the top face
 DIAGNOSTICS_PERIOD = 1.0  # seconds
 BAD_FRAME_LOG_PERIOD = 5.0  # seconds between bad-frame warnings, so a broken camera cannot flood the log
 
@@ -102,6 +136,33 @@ class LatestFrame:
         with self._condition:
             self._closed = True
             self._condition.notify_all()
+
+
+class DepthCache:
+    """The newest depth images by stamp, for pairing colour frames with; thread-safe."""
+
+    def __init__(self, size: int):
+        self._condition = threading.Condition()
+        self._images = deque(maxlen=size)  # (stamp in ns, message), oldest first
+
+    def put(self, msg) -> None:
+        with self._condition:
+            self._images.append((stamp_nanoseconds(msg.header), msg))
+            self._condition.notify_all()
+
+    def closest(self, stamp: int, tolerance: int, wait: float = 0.0):
+        """The image closest to stamp within tolerance (ns), waiting up to wait seconds for one; else None."""
+        deadline = time.monotonic() + wait
+        with self._condition:
+            while True:
+                gap, msg = min(((abs(t - stamp), m) for t, m in self._images), default=(None, None),
+                               key=lambda item: item[0])
+                if gap is not None and gap <= tolerance:
+                    return msg
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._condition.wait(remaining)
 
 
 class Statistics:
@@ -164,6 +225,9 @@ class SegmentNode(Node):
         self._stats = Statistics()
         self._mailbox = LatestFrame()
         self._subscription = self.create_subscription(message_type, image_topic, self._on_image, input_qos)
+        self._depth_cache = None
+        if p["depth_topic"]:
+            self._start_depth(input_qos, output_qos)
         self._last_report = time.monotonic()
         self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
@@ -173,22 +237,56 @@ class SegmentNode(Node):
             f"ready: {self._segmenter.config.arch} for {list(self._segmenter.classes)} on {self._segmenter.device}; "
             f"{p['input_type']} images from {self._subscription.topic_name} ({p['input_reliability']}), "
             f"masks on {self._publisher.topic_name}"
+            + (f"; depth from {p['depth_topic']}, intrinsics from {p['camera_info_topic']}, up "
+               f"{'unknown' if self._up is None else list(self._up)}" if self._depth_cache is not None else "")
         )
+
+    def _start_depth(self, input_qos: QoSProfile, output_qos: QoSProfile) -> None:
+        p = self._params
+        self._up = np.array(p["up_in_camera"]) if p["up_in_camera"] else None
+        self._depth_cache = DepthCache(DEPTH_CACHE_SIZE)
+        self._camera_info = None  # the latest: intrinsics rarely change
+        # A few images of slack: the cache, not the middleware, decides which ones are kept.
+        depth_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=input_qos.reliability,
+                               durability=DurabilityPolicy.VOLATILE)
+        self.create_subscription(Image, p["depth_topic"], self._on_depth, depth_qos)
+        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, input_qos)
+        self._poses_publisher = self.create_publisher(PoseArray, p["output_topic"] + "/poses", output_qos)
+        self._markers_publisher = None
+        if p["publish_markers"]:
+            markers_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                     durability=DurabilityPolicy.VOLATILE)  # a viewer wants the latest only
+            self._markers_publisher = self.create_publisher(MarkerArray, p["output_topic"] + "/markers", markers_qos)
 
     def _declare_parameters(self) -> dict:
         values = {}
         for name, (default, description, read_only) in PARAMETERS.items():
             descriptor = ParameterDescriptor(description=description, read_only=read_only)
+            # An empty list has no element type: declared as a list of floats, left unset until given.
+            initial = Parameter.Type.DOUBLE_ARRAY if default == [] else default
             try:
-                values[name] = self.declare_parameter(name, default, descriptor).value
+                value = self.declare_parameter(name, initial, descriptor).value
             except InvalidParameterTypeException as error:
-                raise StartupError(f"parameter {name} must be a {type(default).__name__}: {error}") from error
+                kind = "list of floats" if default == [] else type(default).__name__
+                raise StartupError(f"parameter {name} must be a {kind}: {error}") from error
+            values[name] = default if value is None else value
         choices = {"input_type": CONVERTERS, "input_reliability": RELIABILITY}
         for name, allowed in choices.items():
             if values[name] not in allowed:
                 raise StartupError(f"parameter {name} must be one of {sorted(allowed)}, not {values[name]!r}")
         if not values["checkpoint"]:
             raise StartupError("parameter checkpoint is required: the path of a model checkpoint (.pt)")
+        if values["depth_topic"] and not values["camera_info_topic"]:
+            raise StartupError("parameter camera_info_topic is required with depth_topic: the colour camera's "
+                               "CameraInfo, e.g. /camera/color/camera_info")
+        up = values["up_in_camera"]
+        if up and (len(up) != 3 or not np.linalg.norm(up) > 0):
+            raise StartupError(f"parameter up_in_camera must be empty or a non-zero [x, y, z], not {list(up)}")
+        tolerance, divisor = values["depth_sync_tolerance"], values["depth_divisor"]
+        if not tolerance >= 0:
+            raise StartupError(f"parameter depth_sync_tolerance must be at least 0, not {tolerance}")
+        if not divisor > 0:
+            raise StartupError(f"parameter depth_divisor must be positive, not {divisor}")
         return values
 
     def _load_segmenter(self) -> Segmenter:
@@ -211,6 +309,13 @@ class SegmentNode(Node):
         if self._mailbox.put(msg):
             self._stats.count("dropped")
 
+    def _on_depth(self, msg) -> None:
+        self._stats.count("depth received")
+        self._depth_cache.put(msg)
+
+    def _on_camera_info(self, msg) -> None:
+        self._camera_info = msg
+
     def _work(self) -> None:
         while (msg := self._mailbox.take()) is not None:
             try:
@@ -232,14 +337,30 @@ class SegmentNode(Node):
             return
         self._stats.add_time("convert", time.perf_counter() - start)
 
+        if self._depth_cache is not None:
+            stamp = stamp_nanoseconds(msg.header)
+            tolerance = round(self._params["depth_sync_tolerance"] * 1e9)
+            # Looked up now, before a slow inference lets newer images push it out of the cache.
+            depth = self._depth_cache.closest(stamp, tolerance)
+
         instances = self._segmenter(rgb)
         for stage in ("preprocess", "infer", "postprocess"):
             self._stats.add_time(stage, self._segmenter.last_timings[stage])
 
         start = time.perf_counter()
         result = to_box_masks(instances, msg.header, rgb.shape[0], rgb.shape[1])
+        publish_time = time.perf_counter() - start
+        if self._depth_cache is not None:
+            if depth is None:  # a depth image later than its colour one has had the inference time to arrive
+                depth = self._depth_cache.closest(stamp, tolerance, self._params["depth_sync_tolerance"]
+                                                  + DEPTH_LATE_WAIT)
+            start = time.perf_counter()
+            poses = self._add_poses(result, instances, depth)
+            self._stats.add_time("poses", time.perf_counter() - start)
+
+        start = time.perf_counter()
         self._publisher.publish(result)
-        self._stats.add_time("publish", time.perf_counter() - start)
+        self._stats.add_time("publish", publish_time + time.perf_counter() - start)
         self._stats.count("published")
         age = self.get_clock().now() - Time.from_msg(msg.header.stamp)
         self._stats.add_time("age", age.nanoseconds * 1e-9)
@@ -248,6 +369,55 @@ class SegmentNode(Node):
         if self._debug_publisher is not None and self._debug_publisher.get_subscription_count() > 0:
             overlay = draw_overlay(rgb, result)
             self._debug_publisher.publish(Image(header=msg.header, **rgb_to_imgmsg_fields(overlay)))
+        if self._depth_cache is not None:
+            self._publish_pose_views(result, poses)
+
+    def _add_poses(self, result: BoxMasks, instances, depth) -> list[CartonPose]:
+        """Fills result's pose fields from depth (None: no match); the poses, or [] when the frame gets none."""
+        height, width = result.height, result.width
+        # Each problem logs on its own line: throttling is per call site, so one cannot hide another.
+        if depth is None:
+            self._count_no_poses(result, "no depth match")
+            self.get_logger().warning(f"frame published without poses: no depth image within "
+                                      f"{self._params['depth_sync_tolerance']} s of the colour image's stamp",
+                                      throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
+            return []
+        info = self._camera_info
+        if info is None or (info.width, info.height) != (width, height) or not (info.k[0] > 0 and info.k[4] > 0):
+            self._count_no_poses(result, "no camera info")
+            self.get_logger().warning(
+                "frame published without poses: " + (
+                    f"no CameraInfo yet on {self._params['camera_info_topic']}" if info is None else
+                    f"CameraInfo is {info.width}x{info.height} with fx {info.k[0]}, fy {info.k[4]} but the colour "
+                    f"image is {width}x{height}: it must be the colour camera's, calibrated"),
+                throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
+            return []
+        try:
+            depth_m = depth_to_metres(depth_array(depth), depth.encoding, (height, width),
+                                      self._params["depth_divisor"])
+        except ValueError as error:
+            self._count_no_poses(result, "bad depth")
+            self.get_logger().error(f"frame published without poses: {error}",
+                                    throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
+            return []
+        poses = estimate_poses(instances, depth_m, Intrinsics.from_k(info.k), up=self._up)
+        add_poses(result, poses, pick_order(instances, poses, (height, width), up=self._up))
+        for pose in poses:
+            self._stats.count(f"pose {pose.status.name}")
+        return poses
+
+    def _count_no_poses(self, result: BoxMasks, reason: str) -> None:
+        self._stats.count(reason)
+        for _ in result.boxes:
+            self._stats.count(f"pose {PoseStatus.NONE.name}")
+
+    def _publish_pose_views(self, result: BoxMasks, poses: list[CartonPose]) -> None:
+        """The OK poses as a PoseArray and as RViz markers, in pick order, each only for an actual subscriber."""
+        picks = sorted((box for box in result.boxes if box.pose_status == PoseStatus.OK), key=lambda b: b.pick_rank)
+        if self._poses_publisher.get_subscription_count() > 0:
+            self._poses_publisher.publish(PoseArray(header=result.header, poses=[box.pose for box in picks]))
+        if self._markers_publisher is not None and self._markers_publisher.get_subscription_count() > 0:
+            self._markers_publisher.publish(pick_markers(result.header, picks, poses))
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
@@ -268,14 +438,24 @@ class SegmentNode(Node):
             "bad frames": str(totals["bad"]),
             "failed frames": str(totals["failed"]),
         }
+        with_depth = self._depth_cache is not None
+        if with_depth:
+            values["depth images received"] = str(totals["depth received"])
+            values.update({key: str(totals[event]) for event, key in NO_POSE_REASONS.items()})
+            # Cartons by pose status, e.g. "poses SPARSE_DEPTH": why cartons get no pick.
+            values.update({f"poses {status.name}": str(totals[f"pose {status.name}"]) for status in PoseStatus})
         for stage in (*STAGES, "age"):
-            values[f"{stage} mean (ms)"] = milliseconds(times[stage], np.mean)
-            values[f"{stage} max (ms)"] = milliseconds(times[stage], max)
+            if stage != "poses" or with_depth:
+                values[f"{stage} mean (ms)"] = milliseconds(times[stage], np.mean)
+                values[f"{stage} max (ms)"] = milliseconds(times[stage], max)
 
+        without_poses = [event for event in NO_POSE_REASONS if counts[event]]
         if counts["failed"]:
             level, message = DiagnosticStatus.ERROR, "segmentation failing"
         elif counts["bad"]:
             level, message = DiagnosticStatus.WARN, "bad input images"
+        elif without_poses:
+            level, message = DiagnosticStatus.WARN, "frames without poses: " + ", ".join(without_poses)
         elif not counts["received"]:
             level, message = DiagnosticStatus.OK, "waiting for images"
         else:
@@ -294,11 +474,50 @@ class SegmentNode(Node):
         self._worker.join(timeout=10.0)
 
 
+def stamp_nanoseconds(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def depth_array(msg) -> np.ndarray:
+    """(height, width) view of a depth Image's pixels: uint16 for 16UC1 and mono16, float32 for 32FC1."""
+    if msg.encoding not in DEPTH_TYPES:
+        raise ValueError(f"unsupported depth encoding {msg.encoding!r}: expected one of {', '.join(DEPTH_TYPES)}")
+    dtype = np.dtype(DEPTH_TYPES[msg.encoding]).newbyteorder(">" if msg.is_bigendian else "<")
+    row_bytes = msg.width * dtype.itemsize
+    data = np.frombuffer(msg.data, np.uint8)
+    if msg.step < row_bytes or data.size < msg.step * msg.height:
+        raise ValueError(f"depth image {msg.width}x{msg.height} {msg.encoding}: step {msg.step} and {data.size} bytes "
+                         f"of data cannot hold its rows of {row_bytes} bytes")
+    return data[:msg.step * msg.height].reshape(msg.height, msg.step)[:, :row_bytes].view(dtype)
+
+
+def instance_colour(box_id: int) -> np.ndarray:
+    """RGB uint8 colour of an instance, the same in the overlay and the markers."""
+    return np.array(cv2.applyColorMap(np.uint8([[box_id * 47 % 256]]), cv2.COLORMAP_JET)[0, 0][::-1])
+
+
+def pick_markers(header, picks: list, poses: list[CartonPose]) -> MarkerArray:
+    """RViz markers of the boxes with OK poses (picks, in pick order): each top face as a thin box, its rank
+    as text above it; a DELETEALL first clears the last frame's."""
+    markers = [Marker(header=header, action=Marker.DELETEALL)]
+    for box in picks:
+        red, green, blue = instance_colour(box.id) / 255.0
+        markers.append(Marker(header=header, ns="cartons", id=box.id, type=Marker.CUBE, action=Marker.ADD,
+                              pose=box.pose, scale=Vector3(x=box.top_length, y=box.top_width, z=MARKER_THICKNESS),
+                              color=ColorRGBA(r=red, g=green, b=blue, a=0.7)))
+        label = poses[box.id].position + LABEL_SIZE * poses[box.id].normal  # off the face, toward the camera
+        markers.append(Marker(header=header, ns="pick_rank", id=box.id, type=Marker.TEXT_VIEW_FACING,
+                              action=Marker.ADD, text=str(box.pick_rank),
+                              pose=Pose(position=Point(x=float(label[0]), y=float(label[1]), z=float(label[2]))),
+                              scale=Vector3(z=LABEL_SIZE), color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)))
+    return MarkerArray(markers=markers)
+
+
 def draw_overlay(rgb: np.ndarray, result: BoxMasks) -> np.ndarray:
     """The image with each instance's mask tinted, its rotated rectangle and its label."""
     overlay = rgb.copy()
     for box in result.boxes:
-        colour = np.array(cv2.applyColorMap(np.uint8([[box.id * 47 % 256]]), cv2.COLORMAP_JET)[0, 0][::-1])
+        colour = instance_colour(box.id)
         roi = box.roi
         mask = np.frombuffer(bytes(box.mask), np.uint8).reshape(roi.height, roi.width).astype(bool)
         region = overlay[roi.y_offset:roi.y_offset + roi.height, roi.x_offset:roi.x_offset + roi.width]

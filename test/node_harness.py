@@ -14,7 +14,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from box_segmentation.image_conversion import rgb_to_imgmsg_fields
 from box_segmentation.msg import BoxMasks
@@ -156,3 +156,23 @@ class Probe:
     def close(self):
         self._executor.shutdown()
         self.node.destroy_node()
+
+
+DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
+CAMERA_INFO_TOPIC = "/camera/color/camera_info"
+
+
+def depth_image(depth: np.ndarray, header) -> Image:
+    """A depth Image: 16UC1 from uint16, 32FC1 from float32."""
+    encoding = {np.dtype(np.uint16): "16UC1", np.dtype(np.float32): "32FC1"}[depth.dtype]
+    height, width = depth.shape
+    return Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
+                 step=width * depth.itemsize, data=np.ascontiguousarray(depth).tobytes())
+
+
+def camera_info(camera, header) -> CameraInfo:
+    """CameraInfo of a pinhole camera with fx, fy, cx, cy, width and height (e.g. a synthetic scene's)."""
+    k = [float(camera.fx), 0.0, float(camera.cx), 0.0, float(camera.fy), float(camera.cy), 0.0, 0.0, 1.0]
+    return CameraInfo(header=header, width=int(camera.width), height=int(camera.height), distortion_model="plumb_bob",
+                      d=[0.0] * 5, k=k, r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                      p=k[:3] + [0.0] + k[3:6] + [0.0] + k[6:] + [0.0])

@@ -1,0 +1,232 @@
+"""segment_node with depth: colour, aligned depth and CameraInfo in over real DDS, masks with pick poses out.
+
+The model has random weights, so its masks are no cartons and the poses' accuracy is pick_pose's tests' business.
+Here: that each frame is paired with the right depth image, that the poses are computed from it (they land in
+their masks, at the scene's depths, and scale with the depth), and that frames without usable depth still go out.
+"""
+
+import signal
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rclpy
+import synthetic
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseArray
+from node_harness import (
+    CAMERA_INFO_TOPIC,
+    DEPTH_TOPIC,
+    NodeProcess,
+    Probe,
+    camera_info,
+    depth_image,
+)
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from box_segmentation.msg import BoxMask
+from box_segmentation.node import DepthCache, depth_array
+
+READY = "ready:"
+STATUS = "segment_node: segmentation"
+WIDTH, HEIGHT = 320, 240
+SEEDS = (3, 4)  # pallet scenes where the random model's masks give several OK poses
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return {seed: synthetic.render_scene(seed, WIDTH, HEIGHT, "pallet") for seed in SEEDS}
+
+
+@pytest.fixture(scope="module")
+def node(tiny_checkpoint):
+    node = NodeProcess(f"checkpoint:={tiny_checkpoint}", f"depth_topic:={DEPTH_TOPIC}",
+                       f"camera_info_topic:={CAMERA_INFO_TOPIC}")
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module")
+def camera(node):
+    """A probe that publishes a scene as a camera would: colour image, aligned depth and CameraInfo."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = Probe(context)
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    probe.depth = probe.node.create_publisher(Image, DEPTH_TOPIC, qos)
+    probe.info = probe.node.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, qos)
+    node.wait_for_output(READY)
+    deadline = time.monotonic() + 20
+    while min(probe.depth.get_subscription_count(), probe.info.get_subscription_count()) == 0:
+        assert time.monotonic() < deadline, "segment_node's depth subscriptions never matched"
+        time.sleep(0.1)
+    yield probe
+    probe.close()
+    rclpy.shutdown(context=context)
+
+
+def send(camera, scene, frame_id, depth=None, depth_offset=0.0, depth_delay=0.0):
+    """A make_msg for Probe.request: publishes scene's CameraInfo and depth (scene.depth unless given, stamped
+    depth_offset s off the colour image, published depth_delay s after it) and returns the colour image."""
+    image = camera.image(scene.image, frame_id)
+    sec, nanosec = divmod(image.header.stamp.sec * 10**9 + image.header.stamp.nanosec + round(depth_offset * 1e9),
+                          10**9)
+    header = Header(frame_id=frame_id, stamp=Time(sec=sec, nanosec=nanosec))
+    depth_msg = depth_image(scene.depth if depth is None else depth, header)
+    camera.info.publish(camera_info(scene.camera, image.header))
+    if depth_delay:  # after the colour image, which request() publishes on our return
+        threading.Timer(depth_delay, camera.depth.publish, [depth_msg]).start()
+    else:
+        camera.depth.publish(depth_msg)
+        # Best effort drops what overflows Fast DDS's shared-memory segment: a 300 kB depth image and a
+        # colour image back to back can. Cameras' frames are spaced too.
+        time.sleep(0.05)
+    return image
+
+
+def project(position, scene):
+    c = scene.camera
+    return c.fx * position.x / position.z + c.cx, c.fy * position.y / position.z + c.cy
+
+
+def ok_boxes(result):
+    return [box for box in result.boxes if box.pose_status == BoxMask.POSE_OK]
+
+
+def test_poses_are_computed_from_the_depth_paired_by_stamp(camera, scenes):
+    oks = 0
+    for seed, scene in scenes.items():
+        # The second scene's depth comes after its colour image: the worker looks again after inference.
+        delay = 0.01 if seed == SEEDS[1] else 0.0
+        image, result = camera.request(lambda s=scene, n=seed, d=delay: send(camera, s, f"scene_{n}", depth_delay=d))
+        assert result.header == image.header
+        assert result.boxes, "no instances: nothing to check"
+        assert all(box.pose_status != BoxMask.POSE_NONE for box in result.boxes)
+        assert sorted(box.pick_rank for box in result.boxes) == list(range(len(result.boxes)))
+        for box in ok_boxes(result):
+            u, v = project(box.pose.position, scene)
+            x, y, w, h = box.roi.x_offset, box.roi.y_offset, box.roi.width, box.roi.height
+            assert x - 1 <= u <= x + w and y - 1 <= v <= y + h  # pixel centres x..x+w-1, and half a pixel of slack
+            in_roi = scene.depth[y:y + h, x:x + w]
+            seen = in_roi[in_roi > 0] / 1000
+            assert seen.min() - 0.01 <= box.pose.position.z <= seen.max() + 0.01
+            assert box.top_length >= box.top_width > 0
+        oks += len(ok_boxes(result))
+    assert oks >= 3, "too few OK poses to say anything"
+    values = camera.status(STATUS, until=lambda values: int(values["poses OK"]) >= oks)
+    assert int(values["frames without depth match"]) == 0 and values["poses mean (ms)"] != "nan"
+
+
+def test_32fc1_depth_twice_as_far_gives_poses_twice_as_far(camera, scenes):
+    """The same image with its depth in 32FC1 metres, doubled: the same masks, every pose scaled by two."""
+    scene = scenes[3]
+    _, near = camera.request(lambda: send(camera, scene, "near"))
+    doubled = (scene.depth * np.float32(2 / 1000)).astype(np.float32)
+    _, far = camera.request(lambda: send(camera, scene, "far", depth=doubled))
+    assert [box.mask for box in near.boxes] == [box.mask for box in far.boxes]
+    assert ok_boxes(near) and [box.id for box in ok_boxes(near)] == [box.id for box in ok_boxes(far)]
+    for a, b in zip(ok_boxes(near), ok_boxes(far), strict=True):
+        for axis in "xyz":
+            assert getattr(b.pose.position, axis) == pytest.approx(2 * getattr(a.pose.position, axis), rel=1e-3,
+                                                                   abs=1e-4)
+        assert b.top_length == pytest.approx(2 * a.top_length, rel=1e-3)
+
+
+def test_a_frame_without_depth_in_tolerance_is_published_without_poses(camera, scenes):
+    before = int(camera.status(STATUS, after=time.time())["frames without depth match"])
+    image, result = camera.request(lambda: send(camera, scenes[3], "unsynced", depth_offset=-0.1))
+    assert result.boxes and all(box.pose_status == BoxMask.POSE_NONE for box in result.boxes)
+    values = camera.status(STATUS, until=lambda values: int(values["frames without depth match"]) > before)
+    assert int(values["poses NONE"]) >= len(result.boxes)
+
+
+def test_depth_of_the_wrong_size_is_survived_and_counted(camera, scenes, node):
+    before = int(camera.status(STATUS, after=time.time())["frames with bad depth"])
+    small = scenes[3].depth[::2, ::2].copy()
+    _, result = camera.request(lambda: send(camera, scenes[3], "small_depth", depth=small))
+    assert result.boxes and all(box.pose_status == BoxMask.POSE_NONE for box in result.boxes)
+    camera.status(STATUS, until=lambda values: int(values["frames with bad depth"]) > before)
+    assert "depth image is 160x120 but the colour image is 320x240" in node.output
+    camera.request(lambda: send(camera, scenes[3], "after_small"))  # and the next good frame is answered
+
+
+def test_pose_array_and_markers_are_published_for_subscribers(camera, scenes):
+    pose_arrays = camera.listen("/box_masks/poses", PoseArray)
+    marker_arrays = camera.listen("/box_masks/markers", MarkerArray)
+    deadline = time.monotonic() + 20
+    while True:  # the node may only now see our subscriptions
+        image, result = camera.request(lambda: send(camera, scenes[3], "views"))
+        time.sleep(0.2)
+        poses = [msg for _, msg in list(pose_arrays) if msg.header == image.header]
+        markers = [msg for _, msg in list(marker_arrays) if msg.markers[0].header == image.header]
+        if (poses and markers) or time.monotonic() > deadline:
+            break
+    assert poses and markers, "no PoseArray or MarkerArray"
+    picks = sorted(ok_boxes(result), key=lambda box: box.pick_rank)
+    assert picks and poses[0].poses == [box.pose for box in picks]
+    first, *rest = markers[0].markers
+    assert first.action == Marker.DELETEALL
+    cubes = [m for m in rest if m.type == Marker.CUBE]
+    texts = [m for m in rest if m.type == Marker.TEXT_VIEW_FACING]
+    assert [m.pose for m in cubes] == [box.pose for box in picks]
+    for marker, box in zip(cubes, picks, strict=True):  # the message's sizes are float32
+        assert (marker.scale.x, marker.scale.y) == pytest.approx((box.top_length, box.top_width), rel=1e-6)
+    assert [m.text for m in texts] == [str(box.pick_rank) for box in picks]
+
+
+def test_depth_cache_pairs_the_closest_stamp_within_tolerance():
+    def depth(stamp_ns):
+        sec, nanosec = divmod(stamp_ns, 10**9)
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec)))
+
+    cache = DepthCache(size=3)
+    images = [depth(t) for t in (1_000_000_000, 1_033_000_000, 1_066_000_000, 1_100_000_000)]
+    for msg in images:
+        cache.put(msg)
+    assert cache.closest(1_070_000_000, 20_000_000) is images[2]
+    assert cache.closest(1_000_000_000, 20_000_000) is None  # pushed out by newer ones
+    assert cache.closest(1_133_000_000, 20_000_000) is None
+    late = depth(1_133_000_000)
+    threading.Timer(0.05, cache.put, [late]).start()
+    assert cache.closest(1_133_000_000, 20_000_000, wait=2.0) is late
+    start = time.monotonic()
+    assert cache.closest(2_000_000_000, 20_000_000, wait=0.05) is None
+    assert time.monotonic() - start < 1.0
+
+
+def test_depth_array_reads_padded_and_big_endian_rows():
+    depth = np.arange(12, dtype=np.uint16).reshape(3, 4) * 300
+    padded = np.zeros((3, 6), ">u2")
+    padded[:, :4] = depth
+    msg = Image(height=3, width=4, encoding="16UC1", is_bigendian=1, step=12, data=padded.tobytes())
+    np.testing.assert_array_equal(depth_array(msg), depth)
+    with pytest.raises(ValueError, match="cannot hold its rows"):
+        depth_array(Image(height=3, width=4, encoding="16UC1", step=6, data=bytes(18)))
+    with pytest.raises(ValueError, match="unsupported depth encoding"):
+        depth_array(Image(height=3, width=4, encoding="rgb8", step=12, data=bytes(36)))
+
+
+def test_bad_depth_parameters_are_fatal_in_one_line(tiny_checkpoint):
+    cases = {
+        "camera_info_topic is required": NodeProcess(f"checkpoint:={tiny_checkpoint}", f"depth_topic:={DEPTH_TOPIC}"),
+        "up_in_camera must be empty or a non-zero": NodeProcess(f"checkpoint:={tiny_checkpoint}",
+                                                                "up_in_camera:=[0.0, 1.0]"),
+        "up_in_camera must be a list of floats": NodeProcess(f"checkpoint:={tiny_checkpoint}",
+                                                             "up_in_camera:=[0, -1, 0]"),
+    }
+    for message, process in cases.items():
+        assert process.wait() != 0, process.output
+        fatal = [line for line in process.output.splitlines() if "[FATAL]" in line]
+        assert len(fatal) == 1 and message in fatal[0], process.output
+        assert "Traceback" not in process.output
+
+
+def test_stops_cleanly(node, camera, scenes):
+    send(camera, scenes[4], "last")
+    assert node.stop(signal.SIGINT) == 0, node.output
+    assert "Traceback" not in node.output and "segmentation failed" not in node.output, node.output
