@@ -337,11 +337,9 @@ class SegmentNode(Node):
             return
         self._stats.add_time("convert", time.perf_counter() - start)
 
-        if self._depth_cache is not None:
-            stamp = stamp_nanoseconds(msg.header)
-            tolerance = round(self._params["depth_sync_tolerance"] * 1e9)
-            # Looked up now, before a slow inference lets newer images push it out of the cache.
-            depth = self._depth_cache.closest(stamp, tolerance)
+        with_depth = self._depth_cache is not None
+        # Looked up before inference too: a slow one lets newer depth images push the match out of the cache.
+        depth = self._paired_depth(msg.header) if with_depth else None
 
         instances = self._segmenter(rgb)
         for stage in ("preprocess", "infer", "postprocess"):
@@ -350,10 +348,9 @@ class SegmentNode(Node):
         start = time.perf_counter()
         result = to_box_masks(instances, msg.header, rgb.shape[0], rgb.shape[1])
         publish_time = time.perf_counter() - start
-        if self._depth_cache is not None:
-            if depth is None:  # a depth image later than its colour one has had the inference time to arrive
-                depth = self._depth_cache.closest(stamp, tolerance, self._params["depth_sync_tolerance"]
-                                                  + DEPTH_LATE_WAIT)
+        if with_depth:
+            if depth is None:  # a depth image later than its colour one has had the inference time, and a bit more
+                depth = self._paired_depth(msg.header, self._params["depth_sync_tolerance"] + DEPTH_LATE_WAIT)
             start = time.perf_counter()
             poses = self._add_poses(result, instances, depth)
             self._stats.add_time("poses", time.perf_counter() - start)
@@ -369,8 +366,14 @@ class SegmentNode(Node):
         if self._debug_publisher is not None and self._debug_publisher.get_subscription_count() > 0:
             overlay = draw_overlay(rgb, result)
             self._debug_publisher.publish(Image(header=msg.header, **rgb_to_imgmsg_fields(overlay)))
-        if self._depth_cache is not None:
+        if with_depth:
             self._publish_pose_views(result, poses)
+
+    def _paired_depth(self, header, wait: float = 0.0):
+        """The cached depth image closest to header's stamp within depth_sync_tolerance (waiting up to wait s
+        for one), or None."""
+        tolerance = round(self._params["depth_sync_tolerance"] * 1e9)
+        return self._depth_cache.closest(stamp_nanoseconds(header), tolerance, wait)
 
     def _add_poses(self, result: BoxMasks, instances, depth) -> list[CartonPose]:
         """Fills result's pose fields from depth (None: no match); the poses, or [] when the frame gets none."""

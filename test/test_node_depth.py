@@ -70,15 +70,16 @@ def camera(node):
     rclpy.shutdown(context=context)
 
 
-def send(camera, scene, frame_id, depth=None, depth_offset=0.0, depth_delay=0.0):
-    """A make_msg for Probe.request: publishes scene's CameraInfo and depth (scene.depth unless given, stamped
-    depth_offset s off the colour image, published depth_delay s after it) and returns the colour image."""
+def send(camera, scene, frame_id, depth=None, depth_offset=0.0, depth_delay=0.0, intrinsics=None):
+    """A make_msg for Probe.request: publishes CameraInfo (of scene.camera unless intrinsics are given) and depth
+    (scene.depth unless given, stamped depth_offset s off the colour image, published depth_delay s after it) and
+    returns the colour image."""
     image = camera.image(scene.image, frame_id)
     sec, nanosec = divmod(image.header.stamp.sec * 10**9 + image.header.stamp.nanosec + round(depth_offset * 1e9),
                           10**9)
     header = Header(frame_id=frame_id, stamp=Time(sec=sec, nanosec=nanosec))
     depth_msg = depth_image(scene.depth if depth is None else depth, header)
-    camera.info.publish(camera_info(scene.camera, image.header))
+    camera.info.publish(camera_info(intrinsics or scene.camera, image.header))
     if depth_delay:  # after the colour image, which request() publishes on our return
         threading.Timer(depth_delay, camera.depth.publish, [depth_msg]).start()
     else:
@@ -153,6 +154,16 @@ def test_depth_of_the_wrong_size_is_survived_and_counted(camera, scenes, node):
     camera.status(STATUS, until=lambda values: int(values["frames with bad depth"]) > before)
     assert "depth image is 160x120 but the colour image is 320x240" in node.output
     camera.request(lambda: send(camera, scenes[3], "after_small"))  # and the next good frame is answered
+
+
+def test_camera_info_of_another_size_is_survived_and_counted(camera, scenes, node):
+    before = int(camera.status(STATUS, after=time.time())["frames without camera info"])
+    other = SimpleNamespace(fx=500.0, fy=500.0, cx=319.5, cy=239.5, width=640, height=480)
+    _, result = camera.request(lambda: send(camera, scenes[3], "other_info", intrinsics=other))
+    assert result.boxes and all(box.pose_status == BoxMask.POSE_NONE for box in result.boxes)
+    camera.status(STATUS, until=lambda values: int(values["frames without camera info"]) > before)
+    assert "CameraInfo is 640x480" in node.output
+    camera.request(lambda: send(camera, scenes[3], "after_other_info"))
 
 
 def test_pose_array_and_markers_are_published_for_subscribers(camera, scenes):
