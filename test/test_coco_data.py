@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from coco_data import CocoCartons, boxes_from_masks, load_split, split_paths
+from coco_data import CocoCartons, boxes_from_masks, load_split
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from box_segmentation.scd_layout import split_paths
 
 
 def square(x0, y0, x1, y1):

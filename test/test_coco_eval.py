@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 from coco_data import boxes_from_masks
-from coco_eval import (
+from pycocotools.cocoeval import COCOeval
+
+from box_segmentation.coco_eval import (
     STAT_NAMES,
     coco_gt_from_targets,
     evaluate_predictions,
@@ -16,7 +18,6 @@ from coco_eval import (
     load_coco_gt,
     to_coco_results,
 )
-from pycocotools.cocoeval import COCOeval
 
 
 def ground_truth(seed=0, images=4, size=(64, 96)):

@@ -18,18 +18,13 @@ from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
-SPLITS = {"train": "train2017", "val": "val2017"}
+from box_segmentation.scd_layout import split_paths
+
 EXIF_ORIENTATION = 0x0112  # values 5-8 mean the stored image is rotated by 90 degrees
 
 
 class DataError(ValueError):
     """A dataset that cannot be read at all (a bad annotation never raises this: it is dropped)."""
-
-
-def split_paths(data_dir, split: str) -> tuple[Path, Path]:
-    """(images folder, annotation json) of a split in the OSCD archive's layout."""
-    root = Path(data_dir) / "coco_carton" / "oneclass_carton"
-    return root / "images" / SPLITS[split], root / "annotations" / f"instances_{SPLITS[split]}.json"
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:

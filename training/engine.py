@@ -5,8 +5,9 @@ import time
 
 import distributed
 import torch
-from coco_eval import coco_gt_from_entries, evaluate_results, gt_entry, to_coco_results
 from tqdm import tqdm
+
+from box_segmentation.coco_eval import coco_gt_from_entries, evaluate_results, gt_entry, to_coco_results
 
 
 class NonFiniteLossError(RuntimeError):

@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from box_segmentation.scd_layout import dataset_root, split_paths
+
 MIN_VISIBLE_PIXELS = 30  # cartons showing fewer pixels are not annotated
 EMPTY_EVERY = 20
 SPLITS = {"train": 0, "val": 1}  # split name -> seed stream
@@ -755,32 +757,31 @@ def encode_jpeg(rgb, quality=JPEG_QUALITY):
     return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
-def write_split(root, split, count, seed, width, height):
-    name = f"{split}2017"
-    for folder in (root / "images" / name, root / "images" / f"{name}_depth", root / "annotations"):
+def write_split(out, split, count, seed, width, height):
+    images_dir, annotations_path = split_paths(out, split)
+    depth_dir = images_dir.with_name(f"{images_dir.name}_depth")
+    for folder in (images_dir, depth_dir, annotations_path.parent):
         folder.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
         scene = dataset_scene(seed, split, index, width, height)
         stem, image_id = f"{index:06d}", index + 1
-        (root / "images" / name / f"{stem}.jpg").write_bytes(encode_jpeg(scene.image))
-        (root / "images" / f"{name}_depth" / f"{stem}.png").write_bytes(cv2.imencode(".png", scene.depth)[1].tobytes())
+        (images_dir / f"{stem}.jpg").write_bytes(encode_jpeg(scene.image))
+        (depth_dir / f"{stem}.png").write_bytes(cv2.imencode(".png", scene.depth)[1].tobytes())
         images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": width, "height": height,
-                       "depth_file": f"{name}_depth/{stem}.png", "camera": scene.camera.intrinsics(),
+                       "depth_file": f"{depth_dir.name}/{stem}.png", "camera": scene.camera.intrinsics(),
                        "scene": scene.kind})
         annotations += annotate(scene, image_id, len(annotations) + 1)
     coco = {"info": {"description": "synthetic stacked cartons, SCD/OSCD layout", "version": "1.0"},
             "licenses": [], "categories": [CATEGORY], "images": images, "annotations": annotations}
-    text = json.dumps(coco, sort_keys=True, separators=(",", ":"))
-    (root / "annotations" / f"instances_{name}.json").write_text(text)
+    annotations_path.write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")))
 
 
 def generate_dataset(out, train, val, seed, width=640, height=480):
     """Write `train` and `val` images in SCD's OSCD layout under out; returns the oneclass_carton root."""
-    root = Path(out) / "coco_carton" / "oneclass_carton"
-    write_split(root, "train", train, seed, width, height)
-    write_split(root, "val", val, seed, width, height)
-    return root
+    write_split(out, "train", train, seed, width, height)
+    write_split(out, "val", val, seed, width, height)
+    return dataset_root(out)
 
 
 def overlay(scene):
