@@ -2,25 +2,28 @@
 
     ros2 launch box_segmentation segment.launch.py checkpoint:=/path/to/model.pt
     ros2 launch box_segmentation segment.launch.py checkpoint:=model.pt image_topic:=/cam1/image_raw namespace:=cam1
+    ros2 launch box_segmentation segment.launch.py checkpoint:=model.pt \
+        depth_topic:=/camera/aligned_depth_to_color/image_raw camera_info_topic:=/camera/color/camera_info
 
-checkpoint, image_topic and device override the params file only when given: left empty,
+The arguments named in OVERRIDES override the params file only when given: left empty,
 the file's values stand (config/segment.yaml unless params_file says otherwise).
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
-from launch import LaunchDescription
 
 # Launch arguments that override node parameters of the same name.
 OVERRIDES = {
     "checkpoint": "Path of the model checkpoint (.pt); required unless the params file sets it.",
     "image_topic": "Input image topic (the params file's default: /camera/color/image_raw).",
     "device": "auto, cpu, cuda or cuda:N (the params file's default: auto).",
+    "depth_topic": "Aligned depth image topic (16UC1 or 32FC1) for pick poses; empty: no depth.",
+    "camera_info_topic": "CameraInfo of the colour camera; required with depth_topic.",
 }
 
 

@@ -189,7 +189,7 @@ def test_launch_file_compiles_and_its_arguments_are_node_parameters():
     overrides = next(node.value for node in tree.body if isinstance(node, ast.Assign)
                      and node.targets[0].id == "OVERRIDES")
     names = {key.value for key in overrides.keys}
-    assert names == {"checkpoint", "image_topic", "device"} and names <= PARAMETERS.keys()
+    assert {"checkpoint", "image_topic", "device", "depth_topic"} <= names <= PARAMETERS.keys()
     for argument in ("params_file", "namespace"):
         assert f'"{argument}"' in source
 
