@@ -36,6 +36,7 @@ _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1
              **dict.fromkeys(_BAYER_TO_RGB, 1), **dict.fromkeys(_YUV422_TO_RGB, 2)}
 _BYTES_PER_CHANNEL = {"mono16": 2, "16uc1": 2}
 SUPPORTED_ENCODINGS = sorted(set(_CHANNELS) | set(_BYTES_PER_CHANNEL))
+_DEPTH_DTYPES = {"16uc1": "u2", "mono16": "u2", "32fc1": "f4"}
 
 
 class ImageConversionError(ValueError):
@@ -52,27 +53,11 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian
     if name not in _CHANNELS and name not in _BYTES_PER_CHANNEL:
         raise ImageConversionError(
             f"unsupported image encoding {encoding!r} ({width}x{height}); supported: {', '.join(SUPPORTED_ENCODINGS)}")
-    channels = _CHANNELS.get(name, 1)
-    itemsize = _BYTES_PER_CHANNEL.get(name, 1)
-    buffer = _as_bytes_array(data)
-    pixel_bytes = channels * itemsize
-    sizes = f"encoding {encoding!r}, {width}x{height}, step {step}, {buffer.size} bytes of data"
-    if height <= 0 or width <= 0:
-        raise ImageConversionError(f"empty image: {sizes}")
-    if height * width > MAX_PIXELS:
-        raise ImageConversionError(f"image too large (over {MAX_PIXELS // 1_000_000} MP): {sizes}")
-    if step < width * pixel_bytes:
-        raise ImageConversionError(f"step shorter than a row of {width * pixel_bytes} bytes: {sizes}")
-    if buffer.size < step * height:
-        raise ImageConversionError(f"data shorter than step * height = {step * height} bytes: {sizes}")
     if name in _YUV422_TO_RGB and width % 2:
-        raise ImageConversionError(f"YUV 4:2:2 needs an even width: {sizes}")
-
-    # A view of the rows without their padding; nothing is copied yet.
-    pixels = as_strided(buffer, shape=(height, width * pixel_bytes), strides=(step, 1), writeable=False)
-    if itemsize == 2:
-        pixels = pixels.view(">u2" if is_bigendian else "<u2")
-    pixels = pixels.reshape(height, width, channels)
+        raise ImageConversionError(f"YUV 4:2:2 needs an even width: encoding {encoding!r}, {width}x{height}")
+    itemsize = _BYTES_PER_CHANNEL.get(name, 1)
+    pixels = _pixels(encoding, height, width, step, is_bigendian, data, _CHANNELS.get(name, 1),
+                     np.dtype(f"u{itemsize}"))
 
     if name == "rgb8":
         return pixels
@@ -89,6 +74,17 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian
     if name in _BAYER_TO_RGB:
         return cv2.cvtColor(pixels, _BAYER_TO_RGB[name])
     return cv2.cvtColor(pixels, _YUV422_TO_RGB[name])
+
+
+def depth_image_to_array(msg) -> np.ndarray:
+    """(height, width) view of a depth sensor_msgs/Image: uint16 for 16UC1 and mono16 (sensor units),
+    float32 for 32FC1 (metres), with row padding and byte order honoured."""
+    dtype = _DEPTH_DTYPES.get(msg.encoding.lower())
+    if dtype is None:
+        raise ImageConversionError(f"unsupported depth encoding {msg.encoding!r} ({msg.width}x{msg.height}); "
+                                   f"expected one of 16UC1, mono16, 32FC1")
+    return _pixels(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data, 1,
+                   np.dtype(dtype))[..., 0]
 
 
 def imgmsg_to_rgb(msg) -> np.ndarray:
@@ -129,6 +125,27 @@ def rgb_to_imgmsg_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict:
     row_bytes = pixels.size // height
     return {"height": height, "width": width, "step": row_bytes, "encoding": encoding, "is_bigendian": 0,
             "data": np.ascontiguousarray(pixels).tobytes()}
+
+
+def _pixels(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data, channels: int,
+            dtype: np.dtype) -> np.ndarray:
+    """(height, width, channels) view of the message's pixels, row padding skipped; sizes checked."""
+    buffer = _as_bytes_array(data)
+    pixel_bytes = channels * dtype.itemsize
+    sizes = f"encoding {encoding!r}, {width}x{height}, step {step}, {buffer.size} bytes of data"
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f"empty image: {sizes}")
+    if height * width > MAX_PIXELS:
+        raise ImageConversionError(f"image too large (over {MAX_PIXELS // 1_000_000} MP): {sizes}")
+    if step < width * pixel_bytes:
+        raise ImageConversionError(f"step shorter than a row of {width * pixel_bytes} bytes: {sizes}")
+    if buffer.size < step * height:
+        raise ImageConversionError(f"data shorter than step * height = {step * height} bytes: {sizes}")
+    # A view of the rows without their padding; nothing is copied.
+    pixels = as_strided(buffer, shape=(height, width * pixel_bytes), strides=(step, 1), writeable=False)
+    if dtype.itemsize > 1:
+        pixels = pixels.view(dtype.newbyteorder(">" if is_bigendian else "<"))
+    return pixels.reshape(height, width, channels)
 
 
 def _as_bytes_array(data) -> np.ndarray:

@@ -115,6 +115,11 @@ def _mask_of(box) -> np.ndarray:
     return flat.reshape(roi.height, roi.width)
 
 
+def stamp_ns(header) -> int:
+    """A header's stamp in nanoseconds: how frames, depth images and results are matched."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
 def _copy_header(header) -> Header:
     # Field by field, so a header from another message library (e.g. rosbags) works too.
     stamp = Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))

@@ -39,10 +39,11 @@ from visualization_msgs.msg import Marker, MarkerArray
 from box_segmentation.image_conversion import (
     ImageConversionError,
     compressed_to_rgb,
+    depth_image_to_array,
     imgmsg_to_rgb,
     rgb_to_imgmsg_fields,
 )
-from box_segmentation.messages import add_poses, to_box_masks
+from box_segmentation.messages import add_poses, stamp_ns, to_box_masks
 from box_segmentation.model import CheckpointError
 from box_segmentation.msg import BoxMasks
 from box_segmentation.pick_pose import CartonPose, Intrinsics, PoseStatus, depth_to_metres, estimate_poses, pick_order
@@ -89,7 +90,6 @@ PARAMETERS = {
 }
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 CONVERTERS = {"raw": (Image, imgmsg_to_rgb), "compressed": (CompressedImage, compressed_to_rgb)}
-DEPTH_TYPES = {"16UC1": "u2", "mono16": "u2", "32FC1": "f4"}  # what pick_pose.depth_to_metres reads
 STAGES = ("convert", "preprocess", "infer", "postprocess", "poses", "publish")
 # Frames published without poses although depth is configured: event -> diagnostics key.
 NO_POSE_REASONS = {"no depth match": "frames without depth match", "bad depth": "frames with bad depth",
@@ -147,7 +147,7 @@ class DepthCache:
 
     def put(self, msg) -> None:
         with self._condition:
-            self._images.append((stamp_nanoseconds(msg.header), msg))
+            self._images.append((stamp_ns(msg.header), msg))
             self._condition.notify_all()
 
     def closest(self, stamp: int, tolerance: int, wait: float = 0.0):
@@ -373,7 +373,7 @@ class SegmentNode(Node):
         """The cached depth image closest to header's stamp within depth_sync_tolerance (waiting up to wait s
         for one), or None."""
         tolerance = round(self._params["depth_sync_tolerance"] * 1e9)
-        return self._depth_cache.closest(stamp_nanoseconds(header), tolerance, wait)
+        return self._depth_cache.closest(stamp_ns(header), tolerance, wait)
 
     def _add_poses(self, result: BoxMasks, instances, depth) -> list[CartonPose]:
         """Fills result's pose fields from depth (None: no match); the poses, or [] when the frame gets none."""
@@ -396,7 +396,7 @@ class SegmentNode(Node):
                 throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
             return []
         try:
-            depth_m = depth_to_metres(depth_array(depth), depth.encoding, (height, width),
+            depth_m = depth_to_metres(depth_image_to_array(depth), depth.encoding, (height, width),
                                       self._params["depth_divisor"])
         except ValueError as error:
             self._count_no_poses(result, "bad depth")
@@ -475,23 +475,6 @@ class SegmentNode(Node):
         """Lets the worker finish its frame and end."""
         self._mailbox.close()
         self._worker.join(timeout=10.0)
-
-
-def stamp_nanoseconds(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
-def depth_array(msg) -> np.ndarray:
-    """(height, width) view of a depth Image's pixels: uint16 for 16UC1 and mono16, float32 for 32FC1."""
-    if msg.encoding not in DEPTH_TYPES:
-        raise ValueError(f"unsupported depth encoding {msg.encoding!r}: expected one of {', '.join(DEPTH_TYPES)}")
-    dtype = np.dtype(DEPTH_TYPES[msg.encoding]).newbyteorder(">" if msg.is_bigendian else "<")
-    row_bytes = msg.width * dtype.itemsize
-    data = np.frombuffer(msg.data, np.uint8)
-    if msg.step < row_bytes or data.size < msg.step * msg.height:
-        raise ValueError(f"depth image {msg.width}x{msg.height} {msg.encoding}: step {msg.step} and {data.size} bytes "
-                         f"of data cannot hold its rows of {row_bytes} bytes")
-    return data[:msg.step * msg.height].reshape(msg.height, msg.step)[:, :row_bytes].view(dtype)
 
 
 def instance_colour(box_id: int) -> np.ndarray:

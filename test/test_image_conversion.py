@@ -10,6 +10,7 @@ import pytest
 from box_segmentation.image_conversion import (
     ImageConversionError,
     compressed_to_rgb,
+    depth_image_to_array,
     image_to_rgb,
     imgmsg_to_rgb,
     rgb_to_imgmsg_fields,
@@ -165,3 +166,18 @@ def test_bad_input_names_encoding_and_sizes(encoding, height, width, step, size,
         image_to_rgb(encoding, height, width, step, False, bytes(size))
     for word in words:
         assert word in str(raised.value)
+
+
+def test_depth_image_reads_padded_and_big_endian_rows():
+    depth = np.arange(12, dtype=np.uint16).reshape(3, 4) * 300
+    padded = np.zeros((3, 6), ">u2")
+    padded[:, :4] = depth
+    msg = SimpleNamespace(height=3, width=4, encoding="16UC1", is_bigendian=1, step=12, data=padded.tobytes())
+    np.testing.assert_array_equal(depth_image_to_array(msg), depth)
+    metres = np.full((2, 3), 1.25, np.float32)
+    as_float = SimpleNamespace(height=2, width=3, encoding="32FC1", is_bigendian=0, step=12, data=metres.tobytes())
+    np.testing.assert_array_equal(depth_image_to_array(as_float), metres)
+    with pytest.raises(ImageConversionError, match="step shorter than a row of 8 bytes"):
+        depth_image_to_array(SimpleNamespace(height=3, width=4, encoding="16UC1", is_bigendian=0, step=6, data=bytes(18)))
+    with pytest.raises(ImageConversionError, match="unsupported depth encoding 'rgb8'"):
+        depth_image_to_array(SimpleNamespace(height=3, width=4, encoding="rgb8", is_bigendian=0, step=12, data=bytes(36)))

@@ -30,7 +30,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from box_segmentation.msg import BoxMask
-from box_segmentation.node import DepthCache, depth_array
+from box_segmentation.node import DepthCache
 
 READY = "ready:"
 STATUS = "segment_node: segmentation"
@@ -208,18 +208,6 @@ def test_depth_cache_pairs_the_closest_stamp_within_tolerance():
     start = time.monotonic()
     assert cache.closest(2_000_000_000, 20_000_000, wait=0.05) is None
     assert time.monotonic() - start < 1.0
-
-
-def test_depth_array_reads_padded_and_big_endian_rows():
-    depth = np.arange(12, dtype=np.uint16).reshape(3, 4) * 300
-    padded = np.zeros((3, 6), ">u2")
-    padded[:, :4] = depth
-    msg = Image(height=3, width=4, encoding="16UC1", is_bigendian=1, step=12, data=padded.tobytes())
-    np.testing.assert_array_equal(depth_array(msg), depth)
-    with pytest.raises(ValueError, match="cannot hold its rows"):
-        depth_array(Image(height=3, width=4, encoding="16UC1", step=6, data=bytes(18)))
-    with pytest.raises(ValueError, match="unsupported depth encoding"):
-        depth_array(Image(height=3, width=4, encoding="rgb8", step=12, data=bytes(36)))
 
 
 def test_bad_depth_parameters_are_fatal_in_one_line(tiny_checkpoint):
