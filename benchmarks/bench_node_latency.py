@@ -23,50 +23,26 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 # DDS stays on this machine, in its own domain; set before rclpy is imported.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "training"))
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from synthetic import render_scene  # noqa: E402
 
 from box_segmentation.image_conversion import rgb_to_imgmsg_fields  # noqa: E402
 from box_segmentation.msg import BoxMasks  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = REPO / "models" / "carton_r18_synthetic.pt"
 IMAGE_TOPIC = "/camera/color/image_raw"
-
-
-def small_random_checkpoint(folder: Path) -> Path:
-    import torch
-
-    from box_segmentation.model import ModelConfig, build_model, save_checkpoint
-
-    torch.manual_seed(0)
-    config = ModelConfig.for_arch("maskrcnn_resnet18_fpn", min_size=128, max_size=160, score_threshold=0.3,
-                                  box_detections_per_img=5)
-    model = build_model(config, weights="none")
-    with torch.no_grad():  # random mask logits sit far below zero: lift them so masks have pixels
-        model.roi_heads.mask_predictor.mask_fcn_logits.bias[1] = 3.0
-    path = folder / "small_random.pt"
-    save_checkpoint(path, model, config)
-    return path
-
-
-def carton_image(height: int, width: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    rgb = np.full((height, width, 3), 110, np.uint8)
-    for _ in range(6):
-        h, w = rng.integers(height // 8, height // 3), rng.integers(width // 8, width // 3)
-        y, x = rng.integers(0, height - h), rng.integers(0, width - w)
-        rgb[y:y + h, x:x + w] = rng.integers((140, 95, 50), (190, 135, 85))
-    return rgb
 
 
 class Client:
@@ -115,7 +91,7 @@ def percentiles(seconds: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, help="default: a small random-weights model")
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_MODEL, help="the model the node runs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--frames", type=int, default=50, help="closed-loop frames for the latency run")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate of the throughput run (Hz)")
@@ -126,48 +102,46 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the node (default: torch's choice)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = args.checkpoint or small_random_checkpoint(Path(folder))
-        env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
-        node = subprocess.Popen(
-            [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file",
-             str(REPO / "config" / "segment.yaml"), "-p", f"checkpoint:={checkpoint}", "-p", f"device:={args.device}",
-             "-p", f"image_topic:={IMAGE_TOPIC}", "-p", f"input_reliability:={args.reliability}"],
-            env=env, cwd=REPO)
-        rclpy.init()
-        try:
-            client = Client(carton_image(args.height, args.width), args.reliability)
-            while client.round_trip(timeout=2.0) is None:  # model loading, discovery
-                if node.poll() is not None:
-                    print("segment_node exited", file=sys.stderr)
-                    return 1
-            for _ in range(3):  # warm-up
-                client.round_trip()
-
-            latencies = [client.round_trip() for _ in range(args.frames)]
-            lost = latencies.count(None)
-            latencies = [latency for latency in latencies if latency is not None]
-            if not latencies:
-                print(f"all {lost} frames lost", file=sys.stderr)
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+    node = subprocess.Popen(
+        [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file",
+         str(REPO / "config" / "segment.yaml"), "-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}",
+         "-p", f"image_topic:={IMAGE_TOPIC}", "-p", f"input_reliability:={args.reliability}"],
+        env=env, cwd=REPO)
+    rclpy.init()
+    try:
+        client = Client(render_scene(0, args.width, args.height, kind="pallet").image, args.reliability)
+        while client.round_trip(timeout=2.0) is None:  # model loading, discovery
+            if node.poll() is not None:
+                print("segment_node exited", file=sys.stderr)
                 return 1
+        for _ in range(3):  # warm-up
+            client.round_trip()
 
-            client.results.clear()
-            sent = []
-            start, start_wall = time.monotonic(), time.time()
-            while time.monotonic() - start < args.seconds:
-                sent.append(client.send())
-                client.spin_for(1.0 / args.rate - (time.monotonic() - start) % (1.0 / args.rate))
-            client.spin_for(3.0)  # the last frames' results
-            ours = [(received, stamp) for received, stamp in client.results if stamp >= sent[0]]
-            ages = [received - stamp for received, stamp in ours]
-            throughput = len(ours) / (ours[-1][0] - start_wall)
-        finally:
-            node.terminate()
-            node.wait(timeout=30)
-            rclpy.try_shutdown()
+        latencies = [client.round_trip() for _ in range(args.frames)]
+        lost = latencies.count(None)
+        latencies = [latency for latency in latencies if latency is not None]
+        if not latencies:
+            print(f"all {lost} frames lost", file=sys.stderr)
+            return 1
+
+        client.results.clear()
+        sent = []
+        start, start_wall = time.monotonic(), time.time()
+        while time.monotonic() - start < args.seconds:
+            sent.append(client.send())
+            client.spin_for(1.0 / args.rate - (time.monotonic() - start) % (1.0 / args.rate))
+        client.spin_for(3.0)  # the last frames' results
+        ours = [(received, stamp) for received, stamp in client.results if stamp >= sent[0]]
+        ages = [received - stamp for received, stamp in ours]
+        throughput = len(ours) / (ours[-1][0] - start_wall)
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+        rclpy.try_shutdown()
 
     print(f"\nsegment_node on {args.device}, {args.width}x{args.height} rgb8 images ({args.reliability}), "
-          f"checkpoint {args.checkpoint or 'small random (maskrcnn_resnet18_fpn, min_size 128)'}")
+          f"checkpoint {args.checkpoint}")
     print(f"latency    ({len(latencies)} frames, one at a time{f', {lost} lost' if lost else ''}): "
           f"{percentiles(latencies)}   -> {1 / np.mean(latencies):.1f} frames/s")
     print(f"throughput ({len(sent)} frames at {args.rate:g} Hz): {throughput:.1f} results/s, "

@@ -31,3 +31,24 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_checkpoint") / "tiny.pt"
     save_checkpoint(path, model, config)
     return path
+
+
+SHIPPED_MODEL = REPO / "models" / "carton_r18_synthetic.pt"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A checkpoint this suite trains: train.py fine-tunes the shipped small model on fresh synthetic scenes."""
+    import subprocess
+
+    from synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("trained_checkpoint")
+    generate_dataset(root / "data", train=4, val=2, seed=101, width=192, height=144)
+    command = [sys.executable, str(REPO / "training" / "train.py"), "--data", str(root / "data"),
+               "--output", str(root / "run"), "--arch", "maskrcnn_resnet18_fpn", "--weights", str(SHIPPED_MODEL),
+               "--min-size", "240", "--max-size", "320", "--epochs", "1", "--iters-per-epoch", "4",
+               "--batch-size", "2", "--lr", "0.002", "--warmup-iters", "0", "--workers", "0", "--wandb", "disabled"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return root / "run" / "last.pt"

@@ -177,7 +177,9 @@ def test_depth_image_reads_padded_and_big_endian_rows():
     metres = np.full((2, 3), 1.25, np.float32)
     as_float = SimpleNamespace(height=2, width=3, encoding="32FC1", is_bigendian=0, step=12, data=metres.tobytes())
     np.testing.assert_array_equal(depth_image_to_array(as_float), metres)
+    short_step = SimpleNamespace(height=3, width=4, encoding="16UC1", is_bigendian=0, step=6, data=bytes(18))
     with pytest.raises(ImageConversionError, match="step shorter than a row of 8 bytes"):
-        depth_image_to_array(SimpleNamespace(height=3, width=4, encoding="16UC1", is_bigendian=0, step=6, data=bytes(18)))
+        depth_image_to_array(short_step)
+    colour = SimpleNamespace(height=3, width=4, encoding="rgb8", is_bigendian=0, step=12, data=bytes(36))
     with pytest.raises(ImageConversionError, match="unsupported depth encoding 'rgb8'"):
-        depth_image_to_array(SimpleNamespace(height=3, width=4, encoding="rgb8", is_bigendian=0, step=12, data=bytes(36)))
+        depth_image_to_array(colour)
