@@ -47,7 +47,7 @@ def training_command(data: Path, output: Path, gpu: bool) -> list[str]:
                 "--lr-step-size", "4", "--warmup-iters", "100"]
     # Same input size as the shipped model was trained at; a short, gentle fine-tune.
     return [*common, "--arch", "maskrcnn_resnet18_fpn", "--weights", str(SHIPPED_MODEL), "--min-size", "240",
-            "--max-size", "320", "--epochs", "1", "--iters-per-epoch", "120", "--lr", "0.005",
+            "--max-size", "320", "--epochs", "1", "--iters-per-epoch", "120", "--lr", "0.001",
             "--warmup-iters", "20"]
 
 
@@ -79,7 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="where everything is written")
     parser.add_argument("--train-images", type=int, default=160)
-    parser.add_argument("--val-images", type=int, default=20)
+    parser.add_argument("--val-images", type=int, default=40)
     args = parser.parse_args()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     gpu = torch.cuda.is_available()
@@ -106,7 +106,7 @@ def main() -> int:
         ("mask AP50 (evaluate.py)", f"{evaluation['segm_AP50']:.3f}"),
         ("frames replayed / answered / dropped", f"{report['frames']} / {report['received']} / {report['dropped']}"),
         ("end-to-end latency p50 / p95", f"{report['latency']['p50_ms']:.0f} / {report['latency']['p95_ms']:.0f} ms"),
-        ("mask AP of the node's replies", f"{report['accuracy'].get('segm_AP', float('nan')):.3f}"),
+        ("mask AP of the node's replies (its score threshold)", f"{report['accuracy'].get('segm_AP', float('nan')):.3f}"),
         ("cartons per frame", f"{report['boxes_per_frame']:.1f}"),
         ("overlays", str(overlays)),
         ("demo time", f"{time.monotonic() - started:.0f} s"),
