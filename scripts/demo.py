@@ -106,7 +106,7 @@ def main() -> int:
         ("mask AP50 (evaluate.py)", f"{evaluation['segm_AP50']:.3f}"),
         ("frames replayed / answered / dropped", f"{report['frames']} / {report['received']} / {report['dropped']}"),
         ("end-to-end latency p50 / p95", f"{report['latency']['p50_ms']:.0f} / {report['latency']['p95_ms']:.0f} ms"),
-        ("mask AP of the node's replies (its score threshold)", f"{report['accuracy'].get('segm_AP', float('nan')):.3f}"),
+        ("mask AP of the node's replies (its threshold)", f"{report['accuracy'].get('segm_AP', float('nan')):.3f}"),
         ("cartons per frame", f"{report['boxes_per_frame']:.1f}"),
         ("overlays", str(overlays)),
         ("demo time", f"{time.monotonic() - started:.0f} s"),
