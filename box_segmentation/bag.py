@@ -134,6 +134,8 @@ def replay_offline(bag, checkpoint, image_topic: str = DEFAULT_TOPIC, annotation
     segmenter = Segmenter(checkpoint, device=device, score_threshold=score_threshold)
     scorer = Scorer(annotations)
     writer = open_writer(output_bag) if output_bag else None
+    if writer:
+        from rclpy.serialization import serialize_message  # our BoxMasks' own CDR encoding
     connections = None
     latencies, boxes_per_frame = [], []
     started = time.perf_counter()
@@ -147,8 +149,6 @@ def replay_offline(bag, checkpoint, image_topic: str = DEFAULT_TOPIC, annotation
             height, width = rgb.shape[:2]
             scorer.add(stamp, instances, height, width)
             if writer:
-                from rclpy.serialization import serialize_message  # our BoxMasks' own CDR encoding
-
                 if connections is None:
                     connections = (writer.add_connection(image_topic, message.__msgtype__, typestore=typestore),
                                    writer.add_connection(OUTPUT_TOPIC, BOX_MASKS_TYPE, typestore=typestore))

@@ -26,7 +26,7 @@ QUIET_AFTER_LAST_REPLY = 2.0  # seconds
 def replay_live(bag, image_topic: str, output_topic: str, annotations: dict | None = None, rate: float = 1.0,
                 timeout: float = 10.0) -> dict:
     typestore = make_typestore()
-    recorded = [(timestamp, message) for timestamp, message in read_messages(bag, image_topic, typestore)]
+    recorded = list(read_messages(bag, image_topic, typestore))
     msgtype = recorded[0][1].__msgtype__
     rclpy.init()
     try:

@@ -13,7 +13,15 @@ from rclpy.serialization import deserialize_message
 from synthetic import generate_dataset
 
 from box_segmentation.bag import from_dataset, main, replay_offline
-from box_segmentation.bag_io import ANNOTATIONS_FILE, BOX_MASKS_TYPE, BagError, make_typestore, read_messages
+from box_segmentation.bag_io import (
+    ANNOTATIONS_FILE,
+    BOX_MASKS_TYPE,
+    IMAGE_TYPE,
+    BagError,
+    make_typestore,
+    open_writer,
+    read_messages,
+)
 from box_segmentation.messages import cropped_masks
 from box_segmentation.model import read_checkpoint
 from box_segmentation.msg import BoxMasks
@@ -137,8 +145,6 @@ def test_bad_bags_are_clear_errors(bag, trained_checkpoint, tmp_path):
 
 
 def test_empty_bag_is_a_clear_error(tmp_path):
-    from box_segmentation.bag_io import IMAGE_TYPE, open_writer
-
     typestore = make_typestore()
     writer = open_writer(tmp_path / "empty")
     writer.add_connection(TOPIC, IMAGE_TYPE, typestore=typestore)
