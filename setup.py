@@ -10,5 +10,5 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["box_segmentation", "box_segmentation.*"]),
     install_requires=["torch", "torchvision", "numpy", "opencv-python-headless", "pycocotools", "tqdm", "rosbags"],
-    entry_points={"console_scripts": ["segment_node = box_segmentation.node:main"]},
+    entry_points={"console_scripts": ["segment_node = box_segmentation.node.node:main"]},
 )

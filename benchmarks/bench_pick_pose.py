@@ -19,7 +19,7 @@ from std_msgs.msg import Header
 from box_segmentation.masks import BoxCrop, describe
 from box_segmentation.messages import add_poses, to_box_masks
 from box_segmentation.pick_pose import Intrinsics, PoseStatus, depth_to_metres, estimate_poses, pick_order
-from box_segmentation.segmenter import Instance
+from box_segmentation.types import Instance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 import synthetic  # noqa: E402

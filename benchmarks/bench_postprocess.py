@@ -26,7 +26,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from box_segmentation.masks import describe, masks_in_boxes
 from box_segmentation.messages import to_box_masks
-from box_segmentation.segmenter import Instance
+from box_segmentation.types import Instance
 
 MASK_THRESHOLD = 0.5
 

@@ -17,7 +17,7 @@ from std_msgs.msg import Header
 
 from box_segmentation.msg import BoxMask, BoxMasks, RotatedRect
 from box_segmentation.pick_pose import CartonPose, PoseStatus
-from box_segmentation.segmenter import Instance
+from box_segmentation.types import Instance
 
 
 def to_box_masks(instances: list[Instance], header, height: int, width: int) -> BoxMasks:

@@ -12,7 +12,6 @@ the host (see masks.masks_in_boxes). The pixels are the same as torchvision's pa
 import dataclasses
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,25 +20,11 @@ from torchvision.models.detection.transform import resize_boxes
 
 from box_segmentation.masks import describe, masks_in_boxes
 from box_segmentation.model import ModelConfig, load_model
+from box_segmentation.types import Instance
 
 
 class DeviceUnavailableError(RuntimeError):
     """The requested device (e.g. cuda) does not exist on this machine."""
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One detected carton. Coordinates follow msg/BoxMask.msg: pixel (u, v) covers [u, u+1) x [v, v+1)."""
-
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels, from the model
-    score: float
-    class_id: int  # 1-based index into classes
-    class_name: str
-    roi: tuple[int, int, int, int]  # x_offset, y_offset, width, height: tight box of the mask pixels
-    mask: np.ndarray  # (roi height, roi width) uint8, 1 inside, 0 outside, C-contiguous
-    area: int  # mask pixel count
-    centroid: tuple[float, float]  # mean pixel centre (x, y); pixel (u, v) has its centre at (u + 0.5, v + 0.5)
-    rotated_rect: tuple[float, float, float, float, float]  # center x, y, length >= width, width, angle rad
 
 
 def select_device(requested: str) -> tuple[torch.device, list[str]]:

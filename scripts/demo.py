@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO / "training"))
 
 from synthetic import generate_dataset  # noqa: E402
 
-from box_segmentation.bag import from_dataset  # noqa: E402
-from box_segmentation.live_replay import replay_live  # noqa: E402
+from box_segmentation.evaluation.bag import from_dataset  # noqa: E402
+from box_segmentation.evaluation.live_replay import replay_live  # noqa: E402
 from box_segmentation.model import read_checkpoint  # noqa: E402
 
 SHIPPED_MODEL = REPO / "models" / "carton_r18_synthetic.pt"

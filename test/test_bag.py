@@ -12,8 +12,8 @@ from node_harness import REPO, NodeProcess
 from rclpy.serialization import deserialize_message
 from synthetic import generate_dataset
 
-from box_segmentation.bag import from_dataset, main, replay_offline
-from box_segmentation.bag_io import (
+from box_segmentation.evaluation.bag import from_dataset, main, replay_offline
+from box_segmentation.evaluation.bag_io import (
     ANNOTATIONS_FILE,
     BOX_MASKS_TYPE,
     IMAGE_TYPE,
@@ -22,10 +22,10 @@ from box_segmentation.bag_io import (
     open_writer,
     read_messages,
 )
+from box_segmentation.evaluation.scd_layout import split_paths
 from box_segmentation.messages import cropped_masks
 from box_segmentation.model import read_checkpoint
 from box_segmentation.msg import BoxMasks
-from box_segmentation.scd_layout import split_paths
 from box_segmentation.segmenter import Segmenter
 
 TOPIC = "/camera/color/image_raw"
@@ -123,8 +123,8 @@ def test_live_replay_accounts_for_every_frame(bag, trained_checkpoint, tmp_path)
 
 def run_cli(*args):
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    return subprocess.run([sys.executable, "-m", "box_segmentation.bag", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "box_segmentation.evaluation.bag", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
 
 
 def test_bad_bags_are_clear_errors(bag, trained_checkpoint, tmp_path):

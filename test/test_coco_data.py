@@ -9,7 +9,7 @@ from coco_data import CocoCartons, boxes_from_masks, load_split
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from box_segmentation.scd_layout import split_paths
+from box_segmentation.evaluation.scd_layout import split_paths
 
 
 def square(x0, y0, x1, y1):

@@ -10,7 +10,7 @@ import torch
 from coco_data import boxes_from_masks
 from pycocotools.cocoeval import COCOeval
 
-from box_segmentation.coco_eval import (
+from box_segmentation.evaluation.coco_eval import (
     STAT_NAMES,
     coco_gt_from_targets,
     evaluate_predictions,

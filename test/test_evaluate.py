@@ -12,7 +12,7 @@ from augment import eval_transforms
 from coco_data import load_split
 from synthetic import generate_dataset
 
-from box_segmentation.coco_eval import coco_gt_from_dataset, evaluate_results
+from box_segmentation.evaluation.coco_eval import coco_gt_from_dataset, evaluate_results
 from box_segmentation.model import ModelConfig, build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from box_segmentation.masks import BoxCrop, describe
 from box_segmentation.messages import cropped_masks, full_frame_masks, instances_from_msg, to_box_masks
 from box_segmentation.msg import BoxMasks
-from box_segmentation.segmenter import Instance
+from box_segmentation.types import Instance
 
 HEIGHT, WIDTH = 48, 64
 

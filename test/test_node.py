@@ -15,7 +15,7 @@ from node_harness import CONFIG, REPO, NodeProcess, Probe, carton_image, stamp_s
 from sensor_msgs.msg import Image
 
 from box_segmentation.model import read_checkpoint
-from box_segmentation.node import PARAMETERS
+from box_segmentation.node.node import PARAMETERS
 
 READY = "ready:"
 STATUS = "segment_node: segmentation"

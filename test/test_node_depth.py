@@ -30,7 +30,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from box_segmentation.msg import BoxMask
-from box_segmentation.node import DepthCache
+from box_segmentation.node.frame_sync import DepthCache
 
 READY = "ready:"
 STATUS = "segment_node: segmentation"

@@ -22,7 +22,7 @@ from box_segmentation.pick_pose import (
     pick_order,
     quaternion_from_matrix,
 )
-from box_segmentation.segmenter import Instance
+from box_segmentation.types import Instance
 
 WIDTH, HEIGHT = 320, 240
 SEEDS = {"pallet": [2, 11], "loose": [1, 6], "trunk": [5]}  # a few of each, top layers and piles

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from box_segmentation.model import CheckpointError, ModelConfig, build_model, save_checkpoint
-from box_segmentation.segmenter import DeviceUnavailableError, Instance, Segmenter
+from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
+from box_segmentation.types import Instance
 
 HEIGHT, WIDTH = 120, 150
 MAX_DETECTIONS = 6

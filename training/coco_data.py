@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
-from box_segmentation.scd_layout import split_paths
+from box_segmentation.evaluation.scd_layout import split_paths
 
 EXIF_ORIENTATION = 0x0112  # values 5-8 mean the stored image is rotated by 90 degrees
 

@@ -7,7 +7,7 @@ import distributed
 import torch
 from tqdm import tqdm
 
-from box_segmentation.coco_eval import coco_gt_from_entries, evaluate_results, gt_entry, to_coco_results
+from box_segmentation.evaluation.coco_eval import coco_gt_from_entries, evaluate_results, gt_entry, to_coco_results
 
 
 class NonFiniteLossError(RuntimeError):

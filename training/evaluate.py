@@ -18,7 +18,7 @@ from augment import eval_transforms
 from coco_data import DataError, collate, load_split
 from engine import evaluate
 
-from box_segmentation.coco_eval import binary_masks, format_table
+from box_segmentation.evaluation.coco_eval import binary_masks, format_table
 from box_segmentation.model import CheckpointError, load_model
 
 GROUND_TRUTH, PREDICTION = (0, 255, 0), (255, 0, 255)  # RGB

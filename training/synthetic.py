@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from box_segmentation.scd_layout import dataset_root, split_paths
+from box_segmentation.evaluation.scd_layout import dataset_root, split_paths
 
 MIN_VISIBLE_PIXELS = 30  # cartons showing fewer pixels are not annotated
 EMPTY_EVERY = 20

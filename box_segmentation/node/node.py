@@ -17,13 +17,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections import Counter, defaultdict, deque
 
-import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, Pose, PoseArray, Vector3
+from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
@@ -33,8 +31,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import ColorRGBA
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from box_segmentation.image_conversion import (
     ImageConversionError,
@@ -46,6 +43,9 @@ from box_segmentation.image_conversion import (
 from box_segmentation.messages import add_poses, stamp_ns, to_box_masks
 from box_segmentation.model import CheckpointError
 from box_segmentation.msg import BoxMasks
+from box_segmentation.node.diagnostics import Statistics
+from box_segmentation.node.frame_sync import DepthCache, LatestFrame
+from box_segmentation.node.visualization import draw_overlay, pick_markers
 from box_segmentation.pick_pose import CartonPose, Intrinsics, PoseStatus, depth_to_metres, estimate_poses, pick_order
 from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
 
@@ -96,99 +96,12 @@ NO_POSE_REASONS = {"no depth match": "frames without depth match", "bad depth": 
                    "no camera info": "frames without camera info"}
 DEPTH_CACHE_SIZE = 10  # depth images kept for pairing: a third of a second at 30 Hz
 DEPTH_LATE_WAIT = 0.005  # seconds, beyond the tolerance, to wait after inference for a late depth image
-MARKER_THICKNESS = 0.01  # metres: the top face drawn as a thin box
-LABEL_SIZE = 0.05  # metres: height of the pick rank's text, raised this far off the top face
 DIAGNOSTICS_PERIOD = 1.0  # seconds
 BAD_FRAME_LOG_PERIOD = 5.0  # seconds between bad-frame warnings, so a broken camera cannot flood the log
 
 
 class StartupError(Exception):
     """A configuration the node cannot run with; main() logs it as one fatal line."""
-
-
-class LatestFrame:
-    """One-slot mailbox: put() replaces a frame not yet taken; take() waits for one."""
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._frame = None
-        self._closed = False
-
-    def put(self, frame) -> bool:
-        """Stores frame; True if it replaced (dropped) one that was still waiting."""
-        with self._condition:
-            replaced = self._frame is not None
-            self._frame = frame
-            self._condition.notify()
-        return replaced
-
-    def take(self):
-        """The newest frame, waiting for one; None once closed."""
-        with self._condition:
-            while self._frame is None and not self._closed:
-                self._condition.wait()
-            if self._closed:
-                return None
-            frame, self._frame = self._frame, None
-            return frame
-
-    def close(self) -> None:
-        with self._condition:
-            self._closed = True
-            self._condition.notify_all()
-
-
-class DepthCache:
-    """The newest depth images by stamp, for pairing colour frames with; thread-safe."""
-
-    def __init__(self, size: int):
-        self._condition = threading.Condition()
-        self._images = deque(maxlen=size)  # (stamp in ns, message), oldest first
-
-    def put(self, msg) -> None:
-        with self._condition:
-            self._images.append((stamp_ns(msg.header), msg))
-            self._condition.notify_all()
-
-    def closest(self, stamp: int, tolerance: int, wait: float = 0.0):
-        """The image closest to stamp within tolerance (ns), waiting up to wait seconds for one; else None."""
-        deadline = time.monotonic() + wait
-        with self._condition:
-            while True:
-                gap, msg = min(((abs(t - stamp), m) for t, m in self._images), default=(None, None),
-                               key=lambda item: item[0])
-                if gap is not None and gap <= tolerance:
-                    return msg
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._condition.wait(remaining)
-
-
-class Statistics:
-    """Event counts and stage durations, in total and since the last report; thread-safe."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._totals = Counter()
-        self._window_counts = Counter()
-        self._window_times = defaultdict(list)
-
-    def count(self, event: str) -> None:
-        with self._lock:
-            self._totals[event] += 1
-            self._window_counts[event] += 1
-
-    def add_time(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self._window_times[stage].append(seconds)
-
-    def report(self) -> tuple[Counter, Counter, dict]:
-        """(totals, counts in the window, durations in the window), and starts a new window."""
-        with self._lock:
-            window = self._window_counts, self._window_times
-            self._window_counts, self._window_times = Counter(), defaultdict(list)
-            return Counter(self._totals), *window
 
 
 class SegmentNode(Node):
@@ -475,45 +388,6 @@ class SegmentNode(Node):
         """Lets the worker finish its frame and end."""
         self._mailbox.close()
         self._worker.join(timeout=10.0)
-
-
-def instance_colour(box_id: int) -> np.ndarray:
-    """RGB uint8 colour of an instance, the same in the overlay and the markers."""
-    return np.array(cv2.applyColorMap(np.uint8([[box_id * 47 % 256]]), cv2.COLORMAP_JET)[0, 0][::-1])
-
-
-def pick_markers(header, picks: list, poses: list[CartonPose]) -> MarkerArray:
-    """RViz markers of the boxes with OK poses (picks, in pick order): each top face as a thin box, its rank
-    as text above it; a DELETEALL first clears the last frame's."""
-    markers = [Marker(header=header, action=Marker.DELETEALL)]
-    for box in picks:
-        red, green, blue = instance_colour(box.id) / 255.0
-        markers.append(Marker(header=header, ns="cartons", id=box.id, type=Marker.CUBE, action=Marker.ADD,
-                              pose=box.pose, scale=Vector3(x=box.top_length, y=box.top_width, z=MARKER_THICKNESS),
-                              color=ColorRGBA(r=red, g=green, b=blue, a=0.7)))
-        label = poses[box.id].position + LABEL_SIZE * poses[box.id].normal  # off the face, toward the camera
-        markers.append(Marker(header=header, ns="pick_rank", id=box.id, type=Marker.TEXT_VIEW_FACING,
-                              action=Marker.ADD, text=str(box.pick_rank),
-                              pose=Pose(position=Point(x=float(label[0]), y=float(label[1]), z=float(label[2]))),
-                              scale=Vector3(z=LABEL_SIZE), color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)))
-    return MarkerArray(markers=markers)
-
-
-def draw_overlay(rgb: np.ndarray, result: BoxMasks) -> np.ndarray:
-    """The image with each instance's mask tinted, its rotated rectangle and its label."""
-    overlay = rgb.copy()
-    for box in result.boxes:
-        colour = instance_colour(box.id)
-        roi = box.roi
-        mask = np.frombuffer(bytes(box.mask), np.uint8).reshape(roi.height, roi.width).astype(bool)
-        region = overlay[roi.y_offset:roi.y_offset + roi.height, roi.x_offset:roi.x_offset + roi.width]
-        region[mask] = (region[mask] // 2 + colour // 2).astype(np.uint8)
-        r = box.rotated_rect
-        corners = cv2.boxPoints(((r.center_x, r.center_y), (r.length, r.width), np.degrees(r.angle)))
-        cv2.polylines(overlay, [corners.round().astype(np.int32)], True, colour.tolist(), 1)
-        cv2.putText(overlay, f"{box.class_name} {box.score:.2f}", (roi.x_offset, max(roi.y_offset - 2, 10)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour.tolist(), 1)
-    return overlay
 
 
 def main(args=None) -> int:

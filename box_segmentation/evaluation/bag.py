@@ -1,7 +1,7 @@
 """Rosbag tools: a COCO dataset as a bag, and replaying a bag for evaluation.
 
-    python -m box_segmentation.bag from-dataset DATA --split val --out BAG [--topic T] [--fps F]
-    python -m box_segmentation.bag replay BAG --checkpoint FILE [--annotations JSON]
+    python -m box_segmentation.evaluation.bag from-dataset DATA --split val --out BAG [--topic T] [--fps F]
+    python -m box_segmentation.evaluation.bag replay BAG --checkpoint FILE [--annotations JSON]
                                    [--output-bag OUT] [--report report.json] [--live [--rate K]]
 
 Offline replay reads the frames with `rosbags` and runs the Segmenter in this process (no ROS
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from box_segmentation.bag_io import (
+from box_segmentation.evaluation.bag_io import (
     ANNOTATIONS_FILE,
     BOX_MASKS_TYPE,
     COMPRESSED_TYPE,
@@ -30,11 +30,11 @@ from box_segmentation.bag_io import (
     read_annotations,
     read_messages,
 )
-from box_segmentation.coco_eval import evaluate_results, to_coco_results
+from box_segmentation.evaluation.scd_layout import split_paths
+from box_segmentation.evaluation.scoring import Scorer, latency_summary
 from box_segmentation.image_conversion import ImageConversionError, compressed_to_rgb, imgmsg_to_rgb
 from box_segmentation.messages import to_box_masks
 from box_segmentation.model import CheckpointError
-from box_segmentation.scd_layout import split_paths
 from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
 
 DEFAULT_TOPIC = "/camera/color/image_raw"
@@ -84,47 +84,6 @@ def from_dataset(data, split: str, out, topic: str = DEFAULT_TOPIC, fps: float =
 def to_rgb(message) -> np.ndarray:
     """A deserialized Image or CompressedImage (rosbags or rclpy alike) as RGB."""
     return compressed_to_rgb(message) if hasattr(message, "format") else imgmsg_to_rgb(message)
-
-
-def latency_summary(seconds) -> dict:
-    ms = np.asarray(seconds, float) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "max_ms": float(ms.max())}
-
-
-class Scorer:
-    """Mask and box AP/AR of replayed frames, against annotations that map images to stamps.
-
-    Only frames that were scored count: a frame the node dropped is reported as dropped, not as
-    an image with no detections. Masks are kept as RLEs only, so long bags fit in memory.
-    """
-
-    def __init__(self, annotations: dict | None):
-        self.annotations = annotations
-        images = annotations["images"] if annotations else []
-        self.image_ids = {image["stamp_ns"]: image["id"] for image in images if "stamp_ns" in image}
-        self.category_ids = sorted(c["id"] for c in annotations["categories"]) if annotations else []
-        self.results, self.scored = [], set()
-
-    def add(self, stamp: int, instances, height: int, width: int) -> None:
-        if stamp not in self.image_ids:
-            return
-        masks = np.zeros((len(instances), height, width), np.uint8)
-        for index, instance in enumerate(instances):
-            x, y, w, h = instance.roi
-            masks[index, y:y + h, x:x + w] = instance.mask
-        prediction = {"image_id": self.image_ids[stamp], "masks": masks,
-                      "boxes": np.array([i.box for i in instances], np.float64).reshape(-1, 4),
-                      "scores": np.array([i.score for i in instances]),
-                      "labels": np.array([i.class_id for i in instances])}
-        self.results += to_coco_results([prediction], self.category_ids)
-        self.scored.add(self.image_ids[stamp])
-
-    def metrics(self) -> dict:
-        if not self.scored:
-            return {}
-        images = [image for image in self.annotations["images"] if image["id"] in self.scored]
-        return evaluate_results(dict(self.annotations, images=images), self.results)
 
 
 def replay_offline(bag, checkpoint, image_topic: str = DEFAULT_TOPIC, annotations: dict | None = None,
@@ -185,7 +144,7 @@ def print_report(report: dict) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m box_segmentation.bag", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m box_segmentation.evaluation.bag", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     write = commands.add_parser("from-dataset", help="write a COCO dataset split as a bag",
@@ -231,7 +190,7 @@ def main(argv=None) -> int:
         annotations_path = args.annotations or Path(args.bag) / ANNOTATIONS_FILE
         annotations = read_annotations(annotations_path) if args.annotations or annotations_path.exists() else None
         if args.live:
-            from box_segmentation.live_replay import replay_live  # rclpy only for live replay
+            from box_segmentation.evaluation.live_replay import replay_live  # rclpy only for live replay
 
             report = replay_live(args.bag, args.image_topic, args.output_topic, annotations, args.rate,
                                  args.timeout)

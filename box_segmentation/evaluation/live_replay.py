@@ -12,8 +12,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from box_segmentation.bag import Scorer, latency_summary
-from box_segmentation.bag_io import COMPRESSED_TYPE, BagError, make_typestore, read_messages
+from box_segmentation.evaluation.bag_io import COMPRESSED_TYPE, BagError, make_typestore, read_messages
+from box_segmentation.evaluation.scoring import Scorer, latency_summary
 from box_segmentation.messages import instances_from_msg, stamp_ns
 from box_segmentation.msg import BoxMasks
 

@@ -1,0 +1,1 @@
+"""The ROS 2 layer: rclpy is imported here and nowhere else in box_segmentation."""
