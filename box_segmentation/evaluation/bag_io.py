@@ -24,7 +24,7 @@ class BagError(RuntimeError):
 
 def message_definitions_folder() -> Path:
     """msg/ of the source tree, or share/box_segmentation/msg of a colcon install."""
-    source = Path(__file__).resolve().parents[1] / "msg"
+    source = Path(__file__).resolve().parents[2] / "msg"
     if source.is_dir():
         return source
     from ament_index_python.packages import get_package_share_directory

@@ -1,0 +1,84 @@
+"""Dataset writing: scenes as JPEG images, depth PNGs and COCO annotations (RLE masks) in SCD's OSCD layout."""
+
+import json
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from box_segmentation.evaluation.scd_layout import dataset_root, split_paths
+from synthetic.render import render_scene
+
+EMPTY_EVERY = 20
+SPLITS = {"train": 0, "val": 1}  # split name -> seed stream
+CATEGORY = {"id": 1, "name": "carton", "supercategory": "carton"}
+JPEG_QUALITY = 90
+
+
+def annotate(scene, image_id, first_id):
+    """COCO annotations of the scene's visible cartons (RLE masks), with their 3D truth under "carton_3d"."""
+    annotations = []
+    for n, label in enumerate(scene.visible_labels()):
+        mask = scene.labels == label
+        rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+        annotations.append({
+            "id": first_id + n,
+            "image_id": image_id,
+            "category_id": CATEGORY["id"],
+            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+            "area": int(mask.sum()),
+            "bbox": [x, y, w, h],
+            "iscrowd": 0,
+            "carton_3d": scene.cartons[label - 1].to_json(),
+        })
+    return annotations
+
+
+def dataset_scene(seed, split, index, width=640, height=480):
+    """The scene behind image `index` of a split generated with `seed` (each has its own random stream)."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    return render_scene(rng, width, height, "empty" if index % EMPTY_EVERY == 3 else None)
+
+
+def encode_jpeg(rgb, quality=JPEG_QUALITY):
+    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def write_split(out, split, count, seed, width, height):
+    images_dir, annotations_path = split_paths(out, split)
+    depth_dir = images_dir.with_name(f"{images_dir.name}_depth")
+    for folder in (images_dir, depth_dir, annotations_path.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index in range(count):
+        scene = dataset_scene(seed, split, index, width, height)
+        stem, image_id = f"{index:06d}", index + 1
+        (images_dir / f"{stem}.jpg").write_bytes(encode_jpeg(scene.image))
+        (depth_dir / f"{stem}.png").write_bytes(cv2.imencode(".png", scene.depth)[1].tobytes())
+        images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": width, "height": height,
+                       "depth_file": f"{depth_dir.name}/{stem}.png", "camera": scene.camera.intrinsics(),
+                       "scene": scene.kind})
+        annotations += annotate(scene, image_id, len(annotations) + 1)
+    coco = {"info": {"description": "synthetic stacked cartons, SCD/OSCD layout", "version": "1.0"},
+            "licenses": [], "categories": [CATEGORY], "images": images, "annotations": annotations}
+    annotations_path.write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")))
+
+
+def generate_dataset(out, train, val, seed, width=640, height=480):
+    """Write `train` and `val` images in SCD's OSCD layout under out; returns the oneclass_carton root."""
+    write_split(out, "train", train, seed, width, height)
+    write_split(out, "val", val, seed, width, height)
+    return dataset_root(out)
+
+
+def overlay(scene):
+    """The image with each annotated carton tinted and outlined, for looking at."""
+    out = scene.image.copy()
+    palette = np.random.default_rng(0).uniform(40, 255, (len(scene.cartons) + 1, 3))
+    for label in scene.visible_labels():
+        mask = scene.labels == label
+        out[mask] = out[mask] // 2 + (palette[label] / 2).astype(np.uint8)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    return out

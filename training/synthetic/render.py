@@ -1,0 +1,368 @@
+"""Rendering: every face of a layout rasterised into a z-buffer with its exact plane depth, painted with
+texture, decals and light, so each carton's mask is what the camera sees of it after occlusion."""
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from synthetic.layout import (
+    LAYOUT_ODDS,
+    LAYOUTS,
+    MATERIALS,
+    UP,
+    Camera,
+    clutter,
+    jitter,
+    rot_z,
+    sample_camera,
+)
+
+MIN_VISIBLE_PIXELS = 30  # cartons showing fewer pixels are not annotated
+NEAR = 0.05  # metres; faces are clipped to this plane in front of the camera
+EDGE = 1e-6  # metres of slack when testing whether a pixel's ray meets a face
+NOISE_SIZE = 256  # texels per side of the tileable noise texture
+
+
+# ----------------------------------------------------------------------------------------------------
+# Surfaces: every face is a rectangle (or an infinite plane) with its own frame, texture and decals
+
+
+@dataclass
+class Face:
+    origin: np.ndarray  # a corner; the face spans origin + s * e1 + t * e2 for s, t within extent
+    e1: np.ndarray
+    e2: np.ndarray
+    normal: np.ndarray  # outward
+    extent: tuple  # (a, b) metres along e1, e2; inf for floor and walls
+    color: np.ndarray
+    texture: tuple  # noise texels per metre along e1 and e2, and noise amplitude
+    label: int = 0  # carton label (1-based); 0 for anything else
+    top: bool = False  # a carton's top face
+    decals: list = field(default_factory=list)  # (s0, s1, t0, t1, rgb, alpha, printed)
+
+
+MAX_DECALS = 3  # per face
+
+
+def box_sides(box):
+    """The six faces as (kind, origin, e1, e2, extent, normal); side faces have e2 pointing down."""
+    x, y, _ = rot_z(box.yaw).T
+    length, width, height = box.size
+    corner = box.center - x * length / 2 - y * width / 2
+    return [
+        ("top", corner + UP * height / 2, x, y, (length, width), UP),
+        ("bottom", corner - UP * height / 2, x, y, (length, width), -UP),
+        ("end", corner + x * length + UP * height / 2, y, -UP, (width, height), x),
+        ("end", corner + UP * height / 2, y, -UP, (width, height), -x),
+        ("side", corner + y * width + UP * height / 2, x, -UP, (length, height), y),
+        ("side", corner + UP * height / 2, x, -UP, (length, height), -y),
+    ]
+
+
+def random_rect(rng, extent, low, high):
+    """A rectangle of random size in [low, high] metres somewhere inside a face."""
+    size = np.minimum(rng.uniform(low, high, 2), np.array(extent) * 0.8)
+    s0, t0 = rng.uniform(0, np.array(extent) - size)
+    return s0, s0 + size[0], t0, t0 + size[1]
+
+
+def carton_faces(rng, box, label):
+    """Faces of one carton: packing tape over the flaps, shipping labels and print on some faces."""
+    tape = rng.random() < 0.8
+    tape_width = rng.uniform(0.045, 0.075)
+    tape_color, tape_alpha = [((0.78, 0.62, 0.42), 0.5), ((0.55, 0.38, 0.2), 0.85),
+                              ((0.9, 0.9, 0.88), 0.9)][rng.integers(3)]
+    flap = rng.uniform(0.04, 0.09)
+    ink = rng.uniform(0.05, 0.6, 3) if rng.random() < 0.35 else None
+    faces = []
+    for kind, origin, e1, e2, extent, normal in box_sides(box):
+        a, b = extent
+        decals = []
+        if kind == "top":  # the flaps meet along the middle, taped over or showing a dark seam
+            half = tape_width / 2 if tape else 0.002
+            color, alpha = (tape_color, tape_alpha) if tape else ((0.2, 0.15, 0.1), 0.6)
+            decals.append((0, a, b / 2 - half, b / 2 + half, color, alpha, False))
+        if kind == "end" and tape:
+            decals.append((a / 2 - tape_width / 2, a / 2 + tape_width / 2, 0, flap, tape_color, tape_alpha, False))
+        if kind != "bottom" and rng.random() < (0.15 if kind == "top" else 0.3):
+            decals.append((*random_rect(rng, extent, 0.07, 0.16), (0.95, 0.95, 0.93), 1.0, True))
+        if kind in ("side", "end") and ink is not None:
+            decals.append((*random_rect(rng, extent, 0.05, 0.3), ink, 0.9, False))
+        faces.append(Face(origin, e1, e2, normal, extent, box.color, MATERIALS["carton"]["texture"], label,
+                          kind == "top", decals))
+    return faces
+
+
+def structure_faces(box):
+    faces = []
+    for kind, origin, e1, e2, extent, normal in box_sides(box):
+        decals = []
+        if box.material == "plastic" and kind == "side":  # a crate's handle hole
+            a, b = extent
+            decals.append((a / 2 - 0.06, a / 2 + 0.06, b * 0.1, b * 0.1 + 0.03, (0.05, 0.05, 0.05), 1.0, False))
+        faces.append(Face(origin, e1, e2, normal, extent, box.color, MATERIALS[box.material]["texture"],
+                          decals=decals))
+    return faces
+
+
+def background_planes(rng, view, camera):
+    """Floor with markings, a back wall with posters and sometimes a side wall; all infinite planes."""
+    floor_color = jitter(rng, [(0.55, 0.55, 0.53), (0.45, 0.5, 0.45), (0.6, 0.5, 0.4)][rng.integers(3)])
+    markings = [(-50, 50, t, t + rng.uniform(0.05, 0.12), jitter(rng, c), 0.9, False)
+                for t, c in zip(rng.uniform(-4, 4, rng.integers(0, 3)),
+                                [(0.9, 0.75, 0.1), (0.9, 0.9, 0.9)], strict=False)]
+    axes = rot_z(rng.uniform(0, math.pi))
+    planes = [Face(np.zeros(3), axes[:, 0], axes[:, 1], UP, (math.inf, math.inf), floor_color,
+                   (60.0, 60.0, 0.2), decals=markings)]
+    toward = camera.position[:2] - view.target[:2]
+    normal = np.array([*toward / np.linalg.norm(toward), 0.0])
+    along = np.cross(UP, normal)
+    walls = [(normal, view.extent + rng.uniform(0.5, 3.0))] if rng.random() < 0.8 else []
+    if walls and rng.random() < 0.4:
+        walls.append((along * rng.choice([-1, 1]), view.extent + rng.uniform(0.5, 2.0)))
+    for inward, distance in walls:
+        origin = np.array([*view.target[:2], 0.0]) - inward * distance
+        paint = jitter(rng, [(0.85, 0.85, 0.82), (0.7, 0.72, 0.75), (0.8, 0.75, 0.62)][rng.integers(3)])
+        posters = []  # somewhere on the 6 m of wall behind the target
+        for _ in range(rng.integers(0, 3)):
+            s0, s1, t0, t1 = random_rect(rng, (6, 3), 0.4, 1.5)
+            posters.append((s0 - 3, s1 - 3, t0, t1, rng.uniform(0.1, 0.9, 3), 1.0, False))
+        if rng.random() < 0.4:  # warehouses paint the lower part of their walls
+            posters.append((-50, 50, 0, rng.uniform(0.8, 1.5), jitter(rng, (0.3, 0.4, 0.5)), 1.0, False))
+        planes.append(Face(origin, np.cross(inward, UP), UP, inward, (math.inf, math.inf), paint,
+                           (40.0, 40.0, 0.1), decals=posters))
+    return planes
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def face_table(faces, camera, light):
+    """Stack the faces into arrays indexed by face id, geometry in the camera frame.
+
+    The last row stands for 'no surface' (pixels that see past every plane).
+    """
+    sky = Face(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), (math.inf, math.inf), np.full(3, 0.8),
+               (1.0, 1.0, 0.0))
+    faces = [*faces, sky]
+    decals = np.zeros((len(faces), MAX_DECALS, 9))  # s0 s1 t0 t1 r g b alpha printed; zero size = none
+    for f, face in enumerate(faces):
+        for d, (s0, s1, t0, t1, color, alpha, printed) in enumerate(face.decals):
+            decals[f, d] = [s0, s1, t0, t1, *color, alpha, printed]
+    normals = np.array([f.normal for f in faces])
+    direct, ambient = light
+    return {
+        "origin": camera.to_camera(np.array([f.origin for f in faces])),
+        "e1": np.array([f.e1 for f in faces]) @ camera.rotation.T,
+        "e2": np.array([f.e2 for f in faces]) @ camera.rotation.T,
+        "normal": normals @ camera.rotation.T,
+        "extent": np.array([f.extent for f in faces]),
+        "color": np.array([f.color for f in faces]),
+        "texture": np.array([f.texture for f in faces]),
+        "offset": np.arange(len(faces))[:, None] * [97, 61],  # each face samples its own patch of noise
+        "label": np.array([f.label for f in faces]),
+        "top": np.array([f.top for f in faces]),
+        "decals": decals,
+        "shade": ambient + np.clip(normals @ direct, 0, None),
+    }
+
+
+def clip_near(polygon):
+    """Sutherland-Hodgman clip of a camera-frame polygon to the half-space z >= NEAR."""
+    kept = []
+    for a, b in zip(polygon, np.roll(polygon, -1, axis=0), strict=True):
+        if a[2] >= NEAR:
+            kept.append(a)
+        if (a[2] >= NEAR) != (b[2] >= NEAR):
+            kept.append(a + (b - a) * (NEAR - a[2]) / (b[2] - a[2]))
+    return np.array(kept)
+
+
+def plane_depth(rays, origin, normal):
+    """Depth along the optical axis where each ray meets a plane; inf where it misses or hits the back."""
+    facing = rays @ normal
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = (origin @ normal) / facing
+    return np.where((facing < 0) & (depth > 0), depth, np.inf)
+
+
+def face_pixels(table, f, camera, rays):
+    """Pixels whose centre ray meets face f: an image window, a mask within it and the depth there."""
+    origin, normal, (a, b) = table["origin"][f], table["normal"][f], table["extent"][f]
+    if math.isinf(a):  # floor and walls: every ray may meet them
+        depth = plane_depth(rays, origin, normal)
+        return (slice(None), slice(None)), np.isfinite(depth), depth
+    corners = origin + np.array([[0, 0], [a, 0], [a, b], [0, b]]) @ np.stack([table["e1"][f], table["e2"][f]])
+    polygon = clip_near(corners)
+    if len(polygon) < 3:
+        return None
+    uv = polygon[:, :2] / polygon[:, 2:] * [camera.fx, camera.fy] + [camera.cx, camera.cy]
+    low = np.clip(np.floor(uv.min(0)).astype(int) - 1, 0, [camera.width, camera.height])
+    high = np.clip(np.ceil(uv.max(0)).astype(int) + 2, 0, [camera.width, camera.height])
+    if (high <= low).any():
+        return None
+    window = (slice(low[1], high[1]), slice(low[0], high[0]))
+    covered = np.zeros(high[::-1] - low[::-1], np.uint8)
+    cv2.fillConvexPoly(covered, np.round((uv - low) * 16).astype(np.int32), 1, cv2.LINE_8, shift=4)
+    depth = plane_depth(rays[window], origin, normal)
+    # fillConvexPoly also draws the polygon's outline; keep only pixels whose centre ray meets the face
+    # itself, so neighbouring faces split their shared edge exactly instead of fighting over it.
+    covered = covered.view(bool) & np.isfinite(depth)
+    offset = rays[window] * np.where(covered, depth, 0)[..., None] - origin
+    s, t = offset @ table["e1"][f], offset @ table["e2"][f]
+    inside = covered & (s >= -EDGE) & (s <= a + EDGE) & (t >= -EDGE) & (t <= b + EDGE)
+    return window, inside, depth
+
+
+def rasterise(table, camera, rays):
+    """Z-buffer every face; returns per pixel the id of the face seen and its depth (inf: none)."""
+    sky = len(table["label"]) - 1
+    depth = np.full(rays.shape[:2], np.inf)
+    face_id = np.full(rays.shape[:2], sky)
+    for f in range(sky):
+        if table["origin"][f] @ table["normal"][f] >= 0:  # facing away from the camera
+            continue
+        pixels = face_pixels(table, f, camera, rays)
+        if pixels is None:
+            continue
+        window, inside, z = pixels
+        nearer = inside & (z < depth[window])
+        depth[window][nearer] = z[nearer]
+        face_id[window][nearer] = f
+    return face_id, depth
+
+
+def noise_texture(rng, beta=1.8):
+    """Tileable 1/f^beta noise, roughly within [-1, 1]: blotches and fibres for every surface."""
+    freq = np.hypot(*np.meshgrid(np.fft.fftfreq(NOISE_SIZE), np.fft.rfftfreq(NOISE_SIZE), indexing="ij"))
+    white = rng.normal(size=freq.shape) + 1j * rng.normal(size=freq.shape)
+    spectrum = white / np.maximum(freq, 1 / NOISE_SIZE) ** beta
+    tile = np.fft.irfft2(spectrum, s=(NOISE_SIZE, NOISE_SIZE))
+    return np.clip(tile / (2.5 * tile.std()), -1, 1)
+
+
+def sample(noise, rows, cols):
+    wrap = NOISE_SIZE - 1
+    return noise[rows.astype(np.int64) & wrap, cols.astype(np.int64) & wrap]
+
+
+def paint(table, face_id, depth, rays, noise):
+    """Colour each pixel from the face it sees: textured base, decals, creases, then lighting."""
+    table = {name: column.astype(np.float32) for name, column in table.items()}  # plenty for colours
+    fid = face_id.ravel()
+    points = (rays * np.where(np.isfinite(depth), depth, 0)[..., None]).reshape(-1, 3).astype(np.float32)
+    offset = points - table["origin"][fid]
+    s = np.einsum("pc,pc->p", offset, table["e1"][fid])
+    t = np.einsum("pc,pc->p", offset, table["e2"][fid])
+    texture, shift = table["texture"][fid], table["offset"][fid]
+    grain = sample(noise, t * texture[:, 1] + shift[:, 1], s * texture[:, 0] + shift[:, 0])
+    rgb = table["color"][fid] * (1 + texture[:, 2] * grain)[:, None]
+    for k in range(MAX_DECALS):
+        decal = table["decals"][:, k]
+        hit = np.flatnonzero(decal[fid, 1] > decal[fid, 0])
+        d, ds, dt = decal[fid[hit]], s[hit], t[hit]
+        inside = (ds >= d[:, 0]) & (ds < d[:, 1]) & (dt >= d[:, 2]) & (dt < d[:, 3])
+        hit, d, ds, dt = hit[inside], d[inside], ds[inside], dt[inside]
+        color = d[:, 4:7]
+        # Shipping labels carry lines of "text": 12 mm rows, words cut from the noise texture.
+        row = (dt - d[:, 2]) / 0.012
+        margin = np.minimum.reduce([ds - d[:, 0], d[:, 1] - ds, d[:, 3] - dt])
+        ink = (d[:, 8] > 0) & (row % 1 < 0.45) & (row >= 1) & (margin > 0.01)
+        ink &= sample(noise, row * 41, ds * 150) > -0.1
+        color[ink] = 0.15
+        rgb[hit] = rgb[hit] * (1 - d[:, 7:8]) + color * d[:, 7:8]
+    # Carton edges show as darker creases, which is what separates touching cartons in real photos.
+    extent = table["extent"][fid]
+    rim = np.minimum.reduce([s, extent[:, 0] - s, t, extent[:, 1] - t])
+    rgb[(table["label"][fid] > 0) & (rim < 0.004)] *= 0.75
+    rgb *= table["shade"][fid][:, None]
+    return rgb.reshape(*face_id.shape, 3)
+
+
+def finish(rng, rgb):
+    """Uneven light, a little blur and sensor noise; float RGB in [0, 1] to uint8."""
+    height, width = rgb.shape[:2]
+    light = cv2.resize(rng.uniform(0.75, 1.15, (3, 4)), (width, height), interpolation=cv2.INTER_CUBIC)
+    rgb = (rgb * light[..., None] * rng.uniform(0.92, 1.08, 3) * 255).astype(np.float32)
+    rgb = cv2.GaussianBlur(rgb, (0, 0), rng.uniform(0.3, 0.9))
+    rgb += rng.standard_normal(rgb.shape, np.float32) * rng.uniform(1, 4)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scenes
+
+
+@dataclass
+class Carton3D:
+    """A carton's ground truth in the camera frame (metres)."""
+
+    top_center: np.ndarray  # centre of its top face
+    top_normal: np.ndarray  # unit normal of the top face, pointing up
+    rotation: np.ndarray  # camera-from-carton; columns: length, width and height axes
+    size: np.ndarray  # length, width, height
+
+    def to_json(self):
+        return {name: np.round(getattr(self, name), 6).tolist()
+                for name in ("top_center", "top_normal", "rotation", "size")}
+
+
+def carton_in_camera(box, camera):
+    rotation = camera.rotation @ rot_z(box.yaw)
+    return Carton3D(camera.to_camera(box.center + UP * box.size[2] / 2), rotation[:, 2], rotation, box.size)
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    labels: np.ndarray  # (H, W) int; k > 0 where the pixel shows cartons[k - 1]
+    top_face: np.ndarray  # (H, W) bool; the pixel shows some carton's top face
+    depth: np.ndarray  # (H, W) uint16 millimetres along the optical axis, 0 = no surface
+    camera: Camera
+    cartons: list  # Carton3D of every carton in the scene, seen or hidden
+    kind: str
+
+    def visible_labels(self, min_pixels=MIN_VISIBLE_PIXELS):
+        """Labels of the cartons that are annotated: those showing at least min_pixels pixels."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.cartons) + 1)
+        return [int(k) for k in np.flatnonzero(counts >= min_pixels) if k > 0]
+
+    def instance_masks(self, min_pixels=MIN_VISIBLE_PIXELS):
+        """(N, H, W) bool masks of the annotated cartons, in annotation order."""
+        labels = self.visible_labels(min_pixels)
+        return self.labels[None] == np.array(labels, int).reshape(-1, 1, 1)
+
+
+def render_scene(rng=None, width=640, height=480, kind=None):
+    """Render one random scene.
+
+    rng: a seed or np.random.Generator. kind: "pallet", "loose", "trunk", "shelf", "empty" (one of those
+    layouts without its cartons) or None for a random layout.
+    """
+    rng = np.random.default_rng(rng)
+    kind = kind or str(rng.choice(list(LAYOUT_ODDS), p=list(LAYOUT_ODDS.values())))
+    boxes, view = LAYOUTS[str(rng.choice(list(LAYOUTS))) if kind == "empty" else kind](rng)
+    if kind == "empty":
+        boxes = [b for b in boxes if b.material != "carton"]
+    camera = sample_camera(rng, view, width, height)
+    boxes += clutter(rng, view, camera)
+    cartons = [b for b in boxes if b.material == "carton"]
+    faces = background_planes(rng, view, camera)
+    for label, box in enumerate(cartons, 1):
+        faces += carton_faces(rng, box, label)
+    for box in boxes:
+        if box.material != "carton":
+            faces += structure_faces(box)
+    elevation, azimuth = math.radians(rng.uniform(30, 85)), rng.uniform(0, 2 * math.pi)
+    sun = np.array([math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth),
+                    math.sin(elevation)])
+    table = face_table(faces, camera, (sun * rng.uniform(0.35, 0.7), rng.uniform(0.35, 0.6)))
+    rays = camera.rays()
+    face_id, depth = rasterise(table, camera, rays)
+    image = finish(rng, paint(table, face_id, depth, rays, noise_texture(rng)))
+    millimetres = np.where(depth < 65.5, np.round(depth * 1000), 0).astype(np.uint16)
+    return Scene(image, table["label"][face_id], table["top"][face_id], millimetres, camera,
+                 [carton_in_camera(b, camera) for b in cartons], kind)
