@@ -22,25 +22,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# DDS stays on this machine, in its own domain; set before rclpy is imported.
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "training"))
+# Its sibling sets DDS up on loopback in its own domain, before rclpy is imported, and finds the training modules.
+from bench_node_latency import IMAGE_TOPIC, SHIPPED_MODEL, start_node  # isort: skip
 
-import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from synthetic import render_scene  # noqa: E402
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from synthetic import render_scene
 
-from box_segmentation.image_conversion import rgb_to_imgmsg_fields  # noqa: E402
-from box_segmentation.msg import BoxMasks  # noqa: E402
+from box_segmentation.image_conversion import rgb_to_imgmsg_fields
+from box_segmentation.msg import BoxMasks
 
-SHIPPED_MODEL = REPO / "models" / "carton_r18_synthetic.pt"
-IMAGE_TOPIC = "/camera/color/image_raw"
 COUNTS = {"received": "frames received", "published": "frames published", "dropped": "frames dropped",
           "bad": "bad frames", "failed": "failed frames"}  # column -> the node's diagnostics key
 
@@ -118,12 +113,7 @@ def soak(checkpoint: Path, frames: int, seconds: float, rate: float = 30.0, inte
          width: int = 640, height: int = 480, device: str = "cpu", bad_every: int = 0, threads: int | None = None,
          report=print) -> list[Sample]:
     """Starts segment_node, soaks it, stops it; one Sample per interval (report gets each as it comes)."""
-    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    node = subprocess.Popen(
-        [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file",
-         str(REPO / "config" / "segment.yaml"), "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
-         "-p", f"image_topic:={IMAGE_TOPIC}", "-p", "input_reliability:=reliable"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = start_node(checkpoint, device, "reliable", threads, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     context = rclpy.Context()  # its own: the caller may use rclpy too
     rclpy.init(context=context)
     try:
@@ -184,7 +174,7 @@ def main() -> int:
     print(f"segment_node soak on {args.device}: {args.width}x{args.height} rgb8 at {args.rate:g} Hz, up to "
           f"{args.frames} frames or {args.seconds:g} s, checkpoint {args.checkpoint}")
     samples = soak(args.checkpoint, args.frames, args.seconds, args.rate, args.interval, args.width, args.height,
-                   args.device, args.bad_every, args.threads)
+                   args.device, args.bad_every, args.threads, report=lambda line: print(line, flush=True))
     first, last = samples[0], samples[-1]
     print(f"from the first report to the last: RSS {last.rss_mb - first.rss_mb:+.1f} MB, "
           f"threads {last.threads - first.threads:+d}, open files {last.open_files - first.open_files:+d}")
