@@ -258,16 +258,11 @@ def test_sizes_the_model_cannot_take_are_refused_raw_and_compressed(height, widt
         compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpeg_claiming(height, width)))
 
 
-def extreme_accepted_sizes() -> list[tuple[int, int]]:
-    ratio = MAX_ASPECT_RATIO
-    return [(1, 1), (1, ratio), (2 * ratio, 2)]
-
-
 def test_the_smallest_and_narrowest_accepted_images_run_through_the_model(tiny_checkpoint):
     # The tiny checkpoint's max_size (160) is the smallest of the project's models: the strictest case.
     segmenter = Segmenter(tiny_checkpoint, device="cpu")
     rng = np.random.default_rng(3)
-    for height, width in extreme_accepted_sizes():
+    for height, width in [(1, 1), (1, MAX_ASPECT_RATIO), (2 * MAX_ASPECT_RATIO, 2)]:
         gray = rng.integers(0, 256, size=(height, width), dtype=np.uint8)
         raw = image_to_rgb("mono8", height, width, width, False, gray.tobytes())
         png = compressed_to_rgb(SimpleNamespace(format="png", data=encoded(raw, ".png")))
