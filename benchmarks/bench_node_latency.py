@@ -45,6 +45,17 @@ SHIPPED_MODEL = REPO / "models" / "carton_r18_synthetic.pt"
 IMAGE_TOPIC = "/camera/color/image_raw"
 
 
+def start_node(checkpoint: Path, device: str, reliability: str, threads: int | None = None,
+               **popen) -> subprocess.Popen:
+    """segment_node in its own process, with config/segment.yaml and these settings, reading IMAGE_TOPIC."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file",
+         str(REPO / "config" / "segment.yaml"), "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
+         "-p", f"image_topic:={IMAGE_TOPIC}", "-p", f"input_reliability:={reliability}"],
+        env=env, cwd=REPO, **popen)
+
+
 class Client:
     """Publishes images and records (receive time, image stamp) of every BoxMasks."""
 
@@ -102,12 +113,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the node (default: torch's choice)")
     args = parser.parse_args()
 
-    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
-    node = subprocess.Popen(
-        [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file",
-         str(REPO / "config" / "segment.yaml"), "-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}",
-         "-p", f"image_topic:={IMAGE_TOPIC}", "-p", f"input_reliability:={args.reliability}"],
-        env=env, cwd=REPO)
+    node = start_node(args.checkpoint, args.device, args.reliability, args.threads)
     rclpy.init()
     try:
         client = Client(render_scene(0, args.width, args.height, kind="pallet").image, args.reliability)

@@ -81,7 +81,7 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)  # ours runs its small ops on one thread regardless
+        torch.set_num_threads(args.threads)
     header = Header(frame_id="camera_color_optical_frame")
 
     print(f"{args.width}x{args.height}, mask threshold {MASK_THRESHOLD}, torch threads {torch.get_num_threads()}, "

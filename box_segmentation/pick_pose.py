@@ -41,6 +41,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from box_segmentation.image_conversion import depth_encoding
+
 
 class PoseStatus(enum.IntEnum):
     """Same values as BoxMask.msg's POSE_* constants."""
@@ -126,12 +128,10 @@ def depth_to_metres(depth: np.ndarray, encoding: str, image_size: tuple[int, int
         size = "x".join(str(n) for n in depth.shape[1::-1] + depth.shape[2:])
         raise ValueError(f"depth image is {size} but the colour image is {width}x{height}: depth must be aligned "
                          "(registered) to the colour camera, e.g. a RealSense's aligned_depth_to_color topic")
-    if encoding in ("16UC1", "mono16"):
+    if depth_encoding(encoding) in ("16UC1", "mono16"):  # ImageConversionError, a ValueError, for others
         metres = depth.astype(np.float32) / np.float32(divisor)
-    elif encoding == "32FC1":
+    else:  # 32FC1
         metres = depth.astype(np.float32, copy=True)
-    else:
-        raise ValueError(f"unsupported depth encoding {encoding!r}: expected 16UC1 or 32FC1")
     metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
     return metres
 

@@ -1,13 +1,18 @@
 """image_conversion: every encoding against a known RGB image, padding, and bad input."""
 
 import array
+import tracemalloc
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from box_segmentation.image_conversion import (
+    MAX_ASPECT_RATIO,
+    SUPPORTED_ENCODINGS,
     ImageConversionError,
     compressed_to_rgb,
     depth_image_to_array,
@@ -15,6 +20,8 @@ from box_segmentation.image_conversion import (
     imgmsg_to_rgb,
     rgb_to_imgmsg_fields,
 )
+from box_segmentation.pick_pose import depth_to_metres
+from box_segmentation.segmenter import Segmenter
 
 HEIGHT, WIDTH = 6, 8
 
@@ -98,10 +105,12 @@ def test_bayer_channel_order_on_a_flat_colour(encoding):
 
 @pytest.mark.parametrize("encoding", sorted(BAYER_BLOCKS))
 def test_bayer_matches_opencv_demosaic(rgb, encoding):
+    # OpenCV also names each pattern by its top-left 2x2 block, as ROS does (COLOR_BayerRGGB2RGB for
+    # bayer_rggb8): the expected image comes from OpenCV's naming, not from the module's own table.
+    pattern = encoding.removeprefix("bayer_").removesuffix("8").upper()
     raw = mosaic(rgb, encoding)
-    opencv_code = {"bayer_rggb8": cv2.COLOR_BayerBG2RGB, "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
-                   "bayer_gbrg8": cv2.COLOR_BayerGR2RGB, "bayer_grbg8": cv2.COLOR_BayerGB2RGB}[encoding]
-    np.testing.assert_array_equal(convert(encoding, raw), cv2.cvtColor(raw, opencv_code))
+    expected = cv2.cvtColor(raw, getattr(cv2, f"COLOR_Bayer{pattern}2RGB"))
+    np.testing.assert_array_equal(convert(encoding, raw, padding=3), expected)
 
 
 @pytest.mark.parametrize("encoding, to_yuv", [
@@ -183,3 +192,163 @@ def test_depth_image_reads_padded_and_big_endian_rows():
     colour = SimpleNamespace(height=3, width=4, encoding="rgb8", is_bigendian=0, step=12, data=bytes(36))
     with pytest.raises(ImageConversionError, match="unsupported depth encoding 'rgb8'"):
         depth_image_to_array(colour)
+
+
+def depth_message(encoding: str) -> SimpleNamespace:
+    return SimpleNamespace(height=2, width=3, encoding=encoding, is_bigendian=0, step=6, data=bytes(range(12)))
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "16uc1", "MONO16", "32fc1"])
+def test_depth_encodings_match_in_any_case_in_the_conversion_and_the_pose_code(encoding):
+    msg = depth_message(encoding)
+    if "32" in encoding:
+        msg.step, msg.data = 12, np.full((2, 3), 1.5, np.float32).tobytes()
+    depth = depth_image_to_array(msg)
+    metres = depth_to_metres(depth, encoding, (2, 3))
+    assert metres.shape == (2, 3) and np.isfinite(metres[-1, -1])
+
+
+def test_an_unsupported_depth_encoding_is_refused_by_the_conversion_and_the_pose_code():
+    with pytest.raises(ImageConversionError, match="unsupported depth encoding 'rgb8'"):
+        depth_image_to_array(depth_message("rgb8"))
+    with pytest.raises(ValueError, match="unsupported depth encoding 'rgb8'"):
+        depth_to_metres(np.zeros((2, 3), np.uint16), "rgb8", (2, 3))
+
+
+def encoded(rgb: np.ndarray, ext: str) -> bytes:
+    ok, data = cv2.imencode(ext, rgb[..., ::-1])
+    assert ok
+    return data.tobytes()
+
+
+def jpeg_claiming(height: int, width: int) -> bytes:
+    """A small real JPEG whose frame header (SOF0) is rewritten to claim height x width pixels."""
+    data = bytearray(encoded(np.zeros((8, 8, 3), np.uint8), ".jpg"))
+    position = 2
+    while data[position + 1] != 0xC0:  # walk the marker segments: FF xx, 2-byte length
+        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+    data[position + 5:position + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_compressed_image_claiming_a_huge_size_is_refused_before_decoding():
+    bomb = jpeg_claiming(12_000, 12_000)
+    assert len(bomb) < 700
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageConversionError, match="12000x12000"):
+            compressed_to_rgb(SimpleNamespace(format="jpeg", data=bomb))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Decoding it allocates 12000 x 12000 x 3 bytes (432 MB); refusing it, next to nothing.
+    assert peak < 1_000_000
+
+
+@pytest.mark.parametrize("height, width", [(1000, 1), (1, 1000), (2, 2000), (2000, 2), (3, 1000)])
+def test_sizes_the_model_cannot_take_are_refused_raw_and_compressed(height, width):
+    # The model resizes the long side to at most max_size (320 for the shipped model): a side
+    # shorter than long / max_size becomes 0 pixels, and inference fails.
+    with pytest.raises(ImageConversionError, match=f"{width}x{height}"):
+        image_to_rgb("mono8", height, width, width, False, bytes(height * width))
+    png = encoded(np.zeros((height, width, 3), np.uint8), ".png")
+    with pytest.raises(ImageConversionError, match=f"{width}x{height}"):
+        compressed_to_rgb(SimpleNamespace(format="png", data=png))
+    with pytest.raises(ImageConversionError, match=f"{width}x{height}"):
+        compressed_to_rgb(SimpleNamespace(format="jpeg", data=jpeg_claiming(height, width)))
+
+
+def test_the_smallest_and_narrowest_accepted_images_run_through_the_model(tiny_checkpoint):
+    # The tiny checkpoint's max_size (160) is the smallest of the project's models: the strictest case.
+    segmenter = Segmenter(tiny_checkpoint, device="cpu")
+    rng = np.random.default_rng(3)
+    for height, width in [(1, 1), (1, MAX_ASPECT_RATIO), (2 * MAX_ASPECT_RATIO, 2)]:
+        gray = rng.integers(0, 256, size=(height, width), dtype=np.uint8)
+        raw = image_to_rgb("mono8", height, width, width, False, gray.tobytes())
+        png = compressed_to_rgb(SimpleNamespace(format="png", data=encoded(raw, ".png")))
+        np.testing.assert_array_equal(png, raw)
+        assert isinstance(segmenter(raw), list), (height, width)
+    # Just past the limit is refused.
+    with pytest.raises(ImageConversionError, match="sides"):
+        image_to_rgb("mono8", 1, MAX_ASPECT_RATIO + 1, MAX_ASPECT_RATIO + 1, False, bytes(MAX_ASPECT_RATIO + 1))
+
+
+# Property-based: whatever the fields, image conversion returns an RGB image of the stated size that the model
+# can take, or raises ImageConversionError, never anything else. Each example starts from a consistent image
+# and breaks up to two things in it. Bounded (max_examples) and derandomized so CI is repeatable.
+PIXEL_BYTES = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "8uc3": 3, "mono8": 1, "8uc1": 1, "mono16": 2,
+               "16uc1": 2, "bayer_rggb8": 1, "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1,
+               "yuv422": 2, "uyvy": 2, "yuv422_yuy2": 2, "yuyv": 2}
+BAD_ENCODINGS = ["", "rgb16", "bgr16", "32FC1", "16UC3", "bayer_rggb16", "yuv420", "jpeg", "8UC4", "mono8 ",
+                 "rgb8\x00", "RGB8\u0130"]
+HUGE = [2**16, 2**31 - 1, 2**32 - 1]
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None)
+
+
+def test_the_fuzzed_encodings_are_the_supported_ones():
+    assert sorted(PIXEL_BYTES) == SUPPORTED_ENCODINGS
+
+
+@st.composite
+def image_fields(draw):
+    encoding = draw(st.sampled_from(sorted(PIXEL_BYTES)))
+    if draw(st.booleans()):
+        encoding = encoding.upper()
+    height, width = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    step = width * PIXEL_BYTES[encoding.lower()] + draw(st.integers(0, 9))
+    is_bigendian = draw(st.booleans())
+    length = step * height
+    for damage in draw(st.lists(st.sampled_from(["encoding", "height", "width", "step", "length"]), max_size=2)):
+        if damage == "encoding":
+            encoding = draw(st.sampled_from(BAD_ENCODINGS) | st.text(max_size=12))
+        elif damage == "height":
+            height = draw(st.integers(-2, 0) | st.sampled_from(HUGE))
+        elif damage == "width":
+            width = draw(st.integers(-2, 0) | st.sampled_from(HUGE))
+        elif damage == "step":
+            step = draw(st.integers(-3, 2 * max(step, 0)) | st.sampled_from(HUGE))
+        else:
+            length = draw(st.integers(0, 2 * length + 8))
+    return encoding, height, width, step, is_bigendian, draw(st.binary(min_size=length, max_size=length))
+
+
+@FUZZ
+@given(image_fields())
+def test_any_image_fields_give_rgb_or_a_conversion_error(fields):
+    encoding, height, width, step, is_bigendian, data = fields
+    try:
+        rgb = image_to_rgb(encoding, height, width, step, is_bigendian, data)
+    except ImageConversionError:
+        return
+    assert isinstance(rgb, np.ndarray) and rgb.shape == (height, width, 3) and rgb.dtype == np.uint8
+    assert max(height, width) <= MAX_ASPECT_RATIO * min(height, width)  # a size the model takes
+
+
+@st.composite
+def compressed_fields(draw):
+    fmt = draw(st.sampled_from(["jpeg", "png", "JPEG", "rgb8; jpeg compressed bgr8", "tiff", ""]))
+    height, width = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    ext = draw(st.sampled_from([".jpg", ".png"]))
+    data = bytearray(encoded(np.full((height, width, 3), 90, np.uint8), ext))
+    damage = draw(st.sampled_from(["none", "size", "byte", "truncate", "random"]))
+    if damage == "size" and ext == ".jpg":  # any declared size up to 1500 x 1500: decoding it stays cheap
+        data = bytearray(jpeg_claiming(draw(st.integers(0, 1500)), draw(st.integers(0, 1500))))
+    elif damage == "byte":  # one byte anywhere (headers included) set to any value
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    elif damage == "truncate":
+        del data[draw(st.integers(0, len(data))):]
+    elif damage == "random":
+        data = draw(st.binary(max_size=64))
+    return fmt, bytes(data)
+
+
+@FUZZ
+@given(compressed_fields())
+def test_any_compressed_image_gives_rgb_or_a_conversion_error(fields):
+    fmt, data = fields
+    try:
+        rgb = compressed_to_rgb(SimpleNamespace(format=fmt, data=data))
+    except ImageConversionError:
+        return
+    assert isinstance(rgb, np.ndarray) and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
+    assert max(rgb.shape[:2]) <= MAX_ASPECT_RATIO * min(rgb.shape[:2])  # a size the model takes

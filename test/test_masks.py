@@ -79,3 +79,13 @@ def test_masks_in_boxes_match_torchvision_pasting():
         full[crop.y_offset:crop.y_offset + h, crop.x_offset:crop.x_offset + w] = crop.mask
         np.testing.assert_array_equal(full, expected.numpy())
     assert masks_in_boxes(probs[:0], boxes[:0], (height, width), 0.5) == []
+
+
+def test_masks_in_boxes_leaves_the_process_wide_thread_count_alone(monkeypatch):
+    # torch's thread count is process-wide: changing it per frame races with any other thread using torch.
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    probs = torch.rand(3, 28, 28, generator=torch.Generator().manual_seed(1))
+    boxes = torch.tensor([[0.0, 0.0, 200.0, 150.0], [20.0, 30.0, 90.0, 80.0], [5.0, 5.0, 6.0, 6.0]])
+    assert len(masks_in_boxes(probs, boxes, (160, 220), threshold=0.5)) == 3
+    assert calls == []
