@@ -177,6 +177,15 @@ def ros2_launch(workspace: Path, *arguments: str) -> subprocess.Popen:
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def finish(launch: subprocess.Popen, timeout: float) -> str:
+    """The rest of launch's output once it has ended by itself; killed with its group if it has not."""
+    try:
+        return launch.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)
+        raise AssertionError(f"ros2 launch still running after {timeout} s:\n{launch.communicate()[0]}") from None
+
+
 def read_until(process: subprocess.Popen, text: str) -> str:
     """The output up to and including the first line holding text, or all of it if the process ends first."""
     output = ""
@@ -199,12 +208,12 @@ def test_ros2_launch_starts_the_node_with_its_arguments_and_stops_with_it(worksp
         output = read_until(launch, READY)
         assert ready in output, output
         os.killpg(launch.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
-        output += launch.communicate(timeout=60)[0]
+        output += finish(launch, timeout=60)
         assert "process has finished cleanly" in output and "Traceback" not in output, output
 
     # A node that cannot start ends the launch, its FATAL line the node's last.
     launch = ros2_launch(workspace, f"checkpoint:={tmp_path / 'missing.pt'}")
-    output = launch.communicate(timeout=120)[0]
+    output = finish(launch, timeout=60)
     node_lines = [line for line in output.splitlines() if line.startswith("[segment_node-1] ")]
     assert "[FATAL]" in node_lines[-1] and "does not exist" in node_lines[-1], output
     assert "process has died" in output, output
