@@ -170,9 +170,24 @@ def test_repeated_sigint_and_sigterm_stop_the_installed_node_cleanly(installed_n
         assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
 
 
+BRINGUP_LAUNCH = """
+from launch import LaunchDescription
+from launch.actions import ExecuteProcess, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import PathJoinSubstitution
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    segment = PathJoinSubstitution([FindPackageShare("box_segmentation"), "launch", "segment.launch.py"])
+    return LaunchDescription([ExecuteProcess(cmd=["sleep", "600"]),
+                              IncludeLaunchDescription(PythonLaunchDescriptionSource(segment))])
+"""
+
+
 def ros2_launch(workspace: Path, *arguments: str) -> subprocess.Popen:
-    """`ros2 launch box_segmentation segment.launch.py ...` in its own process group, as in a terminal."""
-    command = shlex.join(["ros2", "launch", PACKAGE, "segment.launch.py", *arguments])
+    """`ros2 launch ...` in its own process group, as in a terminal."""
+    command = shlex.join(["ros2", "launch", *arguments])
     return subprocess.Popen(sourced(workspace, "plain", "exec " + command), cwd=workspace, env=underlay_env(),
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -204,16 +219,19 @@ def test_ros2_launch_starts_the_node_with_its_arguments_and_stops_with_it(worksp
             "on cpu; raw images from /cam1/image_raw (best_effort), masks on /cam1/box_masks",
     }
     for arguments, ready in launches.items():
-        launch = ros2_launch(workspace, f"checkpoint:={tiny_checkpoint}", *arguments)
+        launch = ros2_launch(workspace, PACKAGE, "segment.launch.py", f"checkpoint:={tiny_checkpoint}", *arguments)
         output = read_until(launch, READY)
         assert ready in output, output
         os.killpg(launch.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
         output += finish(launch, timeout=60)
         assert "process has finished cleanly" in output and "Traceback" not in output, output
 
-    # A node that cannot start ends the launch, its FATAL line the node's last.
-    launch = ros2_launch(workspace, f"checkpoint:={tmp_path / 'missing.pt'}")
+    # A node that cannot start ends the launch, its FATAL line the node's last; also a robot's bring-up
+    # that includes segment.launch.py among processes that would otherwise run on.
+    bringup = tmp_path / "bringup.launch.py"
+    bringup.write_text(BRINGUP_LAUNCH)
+    launch = ros2_launch(workspace, str(bringup), f"checkpoint:={tmp_path / 'missing.pt'}")
     output = finish(launch, timeout=60)
-    node_lines = [line for line in output.splitlines() if line.startswith("[segment_node-1] ")]
+    node_lines = [line for line in output.splitlines() if line.startswith("[segment_node-")]
     assert "[FATAL]" in node_lines[-1] and "does not exist" in node_lines[-1], output
     assert "process has died" in output, output
