@@ -40,7 +40,7 @@ def segment_node(context):
         parameters=[LaunchConfiguration("params_file"), overrides],
         output="screen",
         emulate_tty=True,
-        # The launch runs nothing else: when the node ends, a failed start included, so does the launch.
+        # Required: when the node ends, a failed start included, the launch ends (also a bring-up including this).
         on_exit=Shutdown(reason="segment_node exited"),
     )]
 

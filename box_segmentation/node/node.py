@@ -411,7 +411,8 @@ def stop_on_first_signal() -> None:
 def main(args=None) -> int:
     stop_on_first_signal()
     rclpy.init(args=args)
-    # Made before the slow start-up, so that a stop signal during it cannot catch it half-built.
+    # Made before the slow start-up: a stop signal then cannot catch the executor half-built (rclpy.spin
+    # would make one only after it).
     executor = SingleThreadedExecutor()
     node = None
     try:
