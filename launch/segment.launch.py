@@ -13,7 +13,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -40,6 +40,8 @@ def segment_node(context):
         parameters=[LaunchConfiguration("params_file"), overrides],
         output="screen",
         emulate_tty=True,
+        # Required: when the node ends, a failed start included, the launch ends (also a bring-up including this).
+        on_exit=Shutdown(reason="segment_node exited"),
     )]
 
 

@@ -7,8 +7,12 @@ from pathlib import Path
 from catkin_pkg.package import parse_package
 
 REPO = Path(__file__).resolve().parents[1]
+# Test-only keys, checked in rosdistro's rosdep/python.yaml like the ones below.
+TEST_KEYS = {"python3-pytest", "python3-catkin-pkg"}
 
-# Import name -> the rosdep key package.xml declares for it.
+# Import name -> the rosdep key package.xml declares for it, each checked in ros/rosdistro (ROS packages
+# in the distributions' files, the python3-* keys in rosdep/python.yaml), or None where rosdistro has no
+# key: rosdep cannot install those, and requirements-robot.txt lists them for pip.
 ROSDEP_KEYS = {
     "rclpy": "rclpy",
     "rcl_interfaces": "rcl_interfaces",
@@ -23,7 +27,7 @@ ROSDEP_KEYS = {
     "cv2": "python3-opencv",
     "torch": "python3-torch",
     "torchvision": "python3-torchvision",
-    "pycocotools": "python3-pycocotools",
+    "pycocotools": None,
     "tqdm": "python3-tqdm",
     "rosbags": "python3-rosbags-pip",
 }
@@ -56,5 +60,18 @@ def test_package_xml_declares_every_runtime_import():
     assert "rclpy" in imported, "the node package should import rclpy"
     unknown = imported - ROSDEP_KEYS.keys()
     assert not unknown, f"imports with no known rosdep key (add them here and to package.xml): {unknown}"
-    missing = {name for name in imported if ROSDEP_KEYS[name] not in runtime}
+    missing = {name for name in imported if ROSDEP_KEYS[name] and ROSDEP_KEYS[name] not in runtime}
     assert not missing, f"package.xml lacks exec_depend for: {sorted(ROSDEP_KEYS[n] for n in missing)}"
+    pip_only = {name for name in imported if ROSDEP_KEYS[name] is None}
+    requirements = (REPO / "requirements-robot.txt").read_text().splitlines()
+    robot_requirements = {line.split("#")[0].strip() for line in requirements}
+    assert pip_only <= robot_requirements, f"requirements-robot.txt lacks: {sorted(pip_only - robot_requirements)}"
+
+
+def test_package_xml_uses_only_rosdep_keys_that_exist():
+    package = parse_package(str(REPO / "package.xml"))
+    keys = {d.name for d in package.build_depends + package.buildtool_depends + package.exec_depends
+            + package.build_export_depends + package.test_depends}
+    checked = set(ROSDEP_KEYS.values()) | TEST_KEYS
+    unchecked = {key for key in keys if key.startswith("python3-") and key not in checked}
+    assert not unchecked, f"keys not checked in rosdistro's rosdep/python.yaml: {sorted(unchecked)}"

@@ -13,6 +13,7 @@ A frame without a usable depth image is still published, its boxes with pose_sta
 Run: ros2 run box_segmentation segment_node --ros-args -p checkpoint:=/path/model.pt
 """
 
+import signal
 import sys
 import textwrap
 import threading
@@ -24,7 +25,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -390,17 +391,42 @@ class SegmentNode(Node):
         self._worker.join(timeout=10.0)
 
 
+def stop_on_first_signal() -> None:
+    """Makes SIGINT and SIGTERM request one stop, and any later one harmless.
+
+    Ctrl-C under `ros2 launch` arrives twice (the terminal's SIGINT, then launch's own), and a
+    supervisor may repeat SIGTERM: a repeat must not interrupt the shutdown with a
+    KeyboardInterrupt (or kill it by SIGTERM's default action). Installed before rclpy.init(),
+    whose handlers shut the context down, wake the executor and then chain to this one; nothing
+    raises, so no half-done call is cut short.
+    """
+    def ignore_further_signals(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    signal.signal(signal.SIGINT, ignore_further_signals)
+    signal.signal(signal.SIGTERM, ignore_further_signals)
+
+
 def main(args=None) -> int:
+    stop_on_first_signal()
     rclpy.init(args=args)
+    # Made before the slow start-up: a stop signal then cannot catch the executor half-built (rclpy.spin
+    # would make one only after it).
+    executor = SingleThreadedExecutor()
     node = None
     try:
         node = SegmentNode()
-        rclpy.spin(node)
+        rclpy.spin(node, executor)
     except StartupError as error:
         get_logger(NODE_NAME).fatal(str(error))
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass  # Ctrl-C or SIGTERM: a normal stop
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A stop signal shut the context down under an rclpy call in progress: a normal stop too.
     finally:
         if node is not None:
             node.stop()
