@@ -36,10 +36,11 @@ faces do not creep into the top, loose on a noisy camera's.
 import enum
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import cv2
 import numpy as np
+
+from box_segmentation.camera_model import Intrinsics
 
 
 class PoseStatus(enum.IntEnum):
@@ -52,29 +53,21 @@ class PoseStatus(enum.IntEnum):
     NO_TOP_FACE = 4
 
 
-class Intrinsics(NamedTuple):
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    @classmethod
-    def from_k(cls, k) -> "Intrinsics":
-        """From sensor_msgs/CameraInfo's row-major 3x3 K."""
-        return cls(float(k[0]), float(k[4]), float(k[2]), float(k[5]))
-
-
 @dataclass(frozen=True)
 class PoseParams:
     erode_px: int = 2  # mask erosion before fitting
     min_points: int = 50  # depth pixels a carton needs on its eroded mask...
     min_valid_fraction: float = 0.3  # ...and as a share of the eroded mask
     inlier_sigmas: float = 3.0  # a plane holds the points within this many sigmas of the carton's depth noise...
-    min_inlier_distance: float = 0.002  # ...never less than this, in metres...
+    noise_lag_px: int = 8  # ...(measured over this many pixels: a stereo camera's noise is correlated)...
+    depth_step_at_1m: float = 0.0025  # ...never less than the camera's depth step there, this at 1 m times z²...
+    min_inlier_distance: float = 0.002  # ...nor than this, in metres...
     max_inlier_distance: float = 0.04  # ...nor more: depth noisier than that fits poorly, as it should
     fill_px: int = 4  # pixels without depth this close to ones with it take their face
+    min_fragment: float = 0.02  # share of the top face's pixels below which a piece of it is a speck
     max_faces: int = 3  # planes looked for per carton: a top and two sides
     min_face_fraction: float = 0.05  # share of a carton's points a plane needs to count as a face
+    parallel_deg: float = 10.0  # faces this near parallel to the top candidate compete with it on points
     min_quality: float = 0.7  # share of points on faces below which the fit is poor
     max_top_tilt_deg: float = 30.0  # with `up`: largest angle between up and a top face's normal
     ransac_iterations: int = 200
@@ -145,8 +138,14 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
     """
     rng = np.random.default_rng(params.seed)
     up = None if up is None else _unit(np.asarray(up, dtype=np.float64))
-    return [_carton_pose(instance.roi, instance.mask, depth_m, Intrinsics(*intrinsics), params, up, rng)
-            for instance in instances]
+    fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, params) for instance in instances]
+    fitting = [i for i, fit in enumerate(fitted) if not isinstance(fit, CartonPose)]
+    faces = _find_faces([fitted[i][1] for i in fitting], np.array([fitted[i][2] for i in fitting]), params, rng)
+    poses = list(fitted)
+    for i, (planes, owner) in zip(fitting, faces, strict=True):
+        poses[i] = _carton_pose(instances[i].roi, instances[i].mask, depth_m, intrinsics, params, up, *fitted[i],
+                                planes, owner)
+    return poses
 
 
 def pick_order(instances, poses: list[CartonPose], image_size: tuple[int, int], params: OrderParams = OrderParams(),
@@ -204,7 +203,9 @@ def quaternion_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, f
 # One carton
 
 
-def _carton_pose(roi, mask, depth_m, intrinsics, params, up, rng) -> CartonPose:
+def _fit_points(roi, mask, depth_m, intrinsics, params):
+    """The carton's depth points on its eroded mask (float32), those to fit planes to, and the inlier distance;
+    or the CartonPose saying why there are too few."""
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
     has_depth = depth > 0  # NaN compares false
@@ -215,59 +216,79 @@ def _carton_pose(roi, mask, depth_m, intrinsics, params, up, rng) -> CartonPose:
         return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(rows))
     points = _back_project(rows + y, cols + x, depth[rows, cols], intrinsics)
     thinned = points[::-(-len(points) // params.max_fit_points)]  # evenly spread over the mask
-    tolerance = float(np.clip(params.inlier_sigmas * _depth_noise(depth, eroded & has_depth),
-                              params.min_inlier_distance, params.max_inlier_distance))
-    planes, owner = _find_faces(thinned, tolerance, params, rng)
+    # Never tighter than the camera's depth step there: quantisation alone spreads a plane's points over it.
+    step = params.depth_step_at_1m * float(np.median(thinned[:, 2])) ** 2
+    noise = _depth_noise(depth, eroded & has_depth, params.noise_lag_px)
+    tolerance = float(np.clip(max(params.inlier_sigmas * noise, step), params.min_inlier_distance,
+                              params.max_inlier_distance))
+    return points, thinned, tolerance
+
+
+def _carton_pose(roi, mask, depth_m, intrinsics, params, up, points, thinned, tolerance, planes, owner):
+    """The pose from the faces found on the carton's fitting points."""
     quality = float(np.mean(owner >= 0)) if planes is not None else 0.0
     if planes is None or quality < params.min_quality:
         return CartonPose(PoseStatus.POOR_FIT, quality, len(points))
     top = _top_face(planes, thinned, owner, up, params)
     if top is None:
         return CartonPose(PoseStatus.NO_TOP_FACE, quality, len(points))
-    face = _top_face_points(mask.astype(bool), depth, roi, planes, top, tolerance, intrinsics, params)
+    x, y, w, h = roi
+    face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], roi, planes, top, tolerance,
+                                   intrinsics, params)
     if len(face) < 3:  # the creases cut the whole face away: the planes are no box's
         return CartonPose(PoseStatus.POOR_FIT, quality, len(points))
-    position, rotation, length, width = _face_rectangle(face, planes[top], intrinsics)
+    position, rotation, length, width = _face_rectangle(face, plane, intrinsics)
     return CartonPose(PoseStatus.OK, quality, len(points), position, rotation, length, width)
 
 
 def _back_project(v, u, z, intrinsics) -> np.ndarray:
-    return np.column_stack([(u - intrinsics.cx) * z / intrinsics.fx, (v - intrinsics.cy) * z / intrinsics.fy, z])
+    x, y = intrinsics.normalised(u, v)
+    return np.column_stack([x * z, y * z, z]).astype(np.float32)
 
 
-def _depth_noise(depth, pixels) -> float:
+def _depth_noise(depth, pixels, lag) -> float:
     """Robust standard deviation (metres) of the depth noise over pixels, with no plane fitted.
 
     Inverse depth is affine in (u, v) on any plane, so its second differences along rows are noise alone
-    (variance 6 sigma² / Z⁴), except at creases, which the median ignores.
+    (variance 6 sigma² / Z⁴ for noise uncorrelated over `lag` pixels), except at creases, which the median
+    ignores. A stereo camera's noise is correlated over its matching window: differences between neighbours
+    would see almost none of it, hence the lag.
     """
     with np.errstate(divide="ignore", invalid="ignore"):  # pixels without depth, which `pixels` leaves out
         inverse = 1 / depth
-        second = inverse[:, :-2] - 2 * inverse[:, 1:-1] + inverse[:, 2:]
-    inside = pixels[:, :-2] & pixels[:, 1:-1] & pixels[:, 2:]
+        second = inverse[:, :-2 * lag] - 2 * inverse[:, lag:-lag] + inverse[:, 2 * lag:]
+    inside = pixels[:, :-2 * lag] & pixels[:, lag:-lag] & pixels[:, 2 * lag:]
     if not inside.any():
         return 0.0
-    return float(1.4826 * np.median(np.abs(second[inside]) * depth[:, 1:-1][inside] ** 2) / math.sqrt(6))
+    return float(1.4826 * np.median(np.abs(second[inside]) * depth[:, lag:-lag][inside] ** 2) / math.sqrt(6))
 
 
-def _find_faces(points, tolerance, params, rng):
-    """(K, 4) planes n . p + d = 0 with n toward the camera and each point's plane index (-1: on none);
-    (None, None) when no face holds enough points."""
-    min_face = max(3, params.min_face_fraction * len(points))
-    planes, unexplained = [], np.ones(len(points), bool)
+def _find_faces(point_sets, tolerances, params, rng) -> list:
+    """Per carton, (K, 4) planes n . p + d = 0 with n toward the camera and each point's plane index (-1: on
+    none); (None, None) when no face holds enough points. Each round's RANSAC runs for all cartons at once."""
+    planes = [[] for _ in point_sets]
+    unexplained = [np.ones(len(points), bool) for points in point_sets]
+    min_face = [max(3, params.min_face_fraction * len(points)) for points in point_sets]
+    active = list(range(len(point_sets)))
     for _ in range(params.max_faces):
-        if np.count_nonzero(unexplained) < min_face:
+        active = [i for i in active if np.count_nonzero(unexplained[i]) >= min_face[i]]
+        if not active:
             break
-        plane = _ransac_plane(points[unexplained], tolerance, params, rng)
-        on_plane = unexplained & (_depth_residuals(points, plane[None])[:, 0] < tolerance)
-        if np.count_nonzero(on_plane) < min_face:
-            break
-        planes.append(_fit_plane(points[on_plane]))
-        unexplained &= ~on_plane
-    if not planes:
-        return None, None
-    # Planes found first take the points along shared edges: give each point to its nearest plane and refit.
-    planes = np.array(planes)
+        found = _ransac_planes([point_sets[i][unexplained[i]] for i in active], tolerances[active], params, rng)
+        still = []
+        for i, plane in zip(active, found, strict=True):
+            on_plane = unexplained[i] & (_depth_residuals(point_sets[i], plane[None])[:, 0] < tolerances[i])
+            if np.count_nonzero(on_plane) >= min_face[i]:
+                planes[i].append(_fit_plane(point_sets[i][on_plane]))
+                unexplained[i] &= ~on_plane
+                still.append(i)
+        active = still
+    return [_settle_faces(points, np.array(found), tolerance, least) if found else (None, None)
+            for points, found, tolerance, least in zip(point_sets, planes, tolerances, min_face, strict=True)]
+
+
+def _settle_faces(points, planes, tolerance, min_face):
+    """Planes found first take the points along shared edges: give each point to its nearest plane and refit."""
     for _ in range(2):
         owner = _nearest_plane(points, planes, tolerance)
         kept = [k for k in range(len(planes)) if np.count_nonzero(owner == k) >= min_face]
@@ -277,22 +298,38 @@ def _find_faces(points, tolerance, params, rng):
     return planes, _nearest_plane(points, planes, tolerance)
 
 
-def _ransac_plane(points, tolerance, params, rng) -> np.ndarray:
-    """The plane through three of the points that most of the others lie on, all hypotheses at once."""
-    scored = rng.choice(len(points), min(len(points), params.ransac_points), replace=False)
-    triples = points[rng.integers(0, len(points), (params.ransac_iterations, 3))]
-    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
-    lengths = np.linalg.norm(normals, axis=1)
-    normals /= np.maximum(lengths, 1e-12)[:, None]
-    planes = np.column_stack([normals, -np.einsum("ij,ij->i", normals, triples[:, 0])])
-    support = np.count_nonzero(_depth_residuals(points[scored], planes) < tolerance, axis=0)
+def _ransac_planes(point_sets, tolerances, params, rng) -> np.ndarray:
+    """(C, 4): per point set, the plane through three of its points that most of its others lie on.
+
+    All sets and all hypotheses at once: each set's hypotheses are scored on ransac_points of its points
+    (drawn with replacement), as one batched product.
+    """
+    counts = np.array([len(points) for points in point_sets])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pooled = np.concatenate(point_sets)
+    draws = len(point_sets), params.ransac_iterations
+    triples = pooled[starts[:, None, None] + (rng.random((*draws, 3)) * counts[:, None, None]).astype(np.int64)]
+    scored = pooled[starts[:, None] + (rng.random((len(point_sets), params.ransac_points))
+                                       * counts[:, None]).astype(np.int64)]
+    a, b = triples[:, :, 1] - triples[:, :, 0], triples[:, :, 2] - triples[:, :, 0]
+    normals = np.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1], a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+                        a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], axis=-1)
+    lengths = np.sqrt(np.sum(normals * normals, axis=-1))
+    normals /= np.maximum(lengths, 1e-12)[..., None]
+    offsets = -np.sum(normals * triples[:, :, 0], axis=-1)
+    # Depth residual |n . p + d| / |n . ray| below the tolerance, written without dividing.
+    distances = np.abs(scored @ normals.transpose(0, 2, 1) + offsets[:, None, :])
+    slopes = np.abs((scored / scored[..., 2:]) @ normals.transpose(0, 2, 1))
+    support = np.count_nonzero(distances < np.asarray(tolerances, np.float32)[:, None, None] * slopes, axis=1)
     support[lengths < 1e-9] = -1  # collinear triples
-    return planes[int(np.argmax(support))]
+    best = np.argmax(support, axis=1)
+    chosen = np.arange(len(point_sets))
+    return np.column_stack([normals[chosen, best], offsets[chosen, best]])
 
 
 def _fit_plane(points) -> np.ndarray:
     """Least-squares plane (n, d) with n toward the camera at the origin."""
-    centre = points.mean(axis=0)
+    centre = points.mean(axis=0, dtype=np.float64)
     offsets = points - centre
     normal = np.linalg.eigh(offsets.T @ offsets)[1][:, 0]  # direction of least spread
     if normal @ centre > 0:
@@ -319,51 +356,65 @@ def _nearest_plane(points, planes, tolerance) -> np.ndarray:
 
 
 def _top_face(planes, points, owner, up, params) -> int | None:
+    """The face the top is: the most up (or, without up, the most squarely facing the camera), or the face
+    with the most points of those parallel to it (a band of the floor or of a lower neighbour inside the mask,
+    from colour-depth misregistration, is parallel to the top too)."""
     normals = planes[:, :3]
     if up is not None:
-        best = int(np.argmax(normals @ up))
-        return best if normals[best] @ up >= math.cos(math.radians(params.max_top_tilt_deg)) else None
-    # Cosine between a face's normal and the direction from the face to the camera: d / |centre| for a
-    # plane n . p + d = 0 through the centre of its points.
-    distances = np.array([np.linalg.norm(points[owner == k].mean(axis=0)) for k in range(len(planes))])
-    return int(np.argmax(planes[:, 3] / distances))
+        score = normals @ up
+        if score.max() < math.cos(math.radians(params.max_top_tilt_deg)):
+            return None
+    else:
+        # Cosine between a face's normal and the direction from the face to the camera: d / |centre| for a
+        # plane n . p + d = 0 through the centre of its points.
+        distances = np.array([np.linalg.norm(points[owner == k].mean(axis=0)) for k in range(len(planes))])
+        score = planes[:, 3] / distances
+    parallel = normals @ normals[int(np.argmax(score))] >= math.cos(math.radians(params.parallel_deg))
+    counts = np.bincount(owner[owner >= 0], minlength=len(planes))
+    return int(np.argmax(np.where(parallel, counts, -1)))
 
 
-def _top_face_points(mask, depth, roi, planes, top, tolerance, intrinsics, params) -> np.ndarray:
-    """(N, 3) points where the rays of the mask's top-face pixels meet the top plane (exact, free of depth noise).
+def _top_face_points(mask, depth, roi, planes, top, tolerance, intrinsics, params):
+    """(N, 3) points where the rays of the mask's top-face pixels meet the top plane (exact, free of depth
+    noise), and that plane refitted on all of the mask's depth points on it.
 
-    Pixels with depth belong to their nearest plane (or none, when off every plane); pixels without depth
-    within fill_px of one with it (holes, sensor shadows along edges) go with the nearest such, so the face
-    reaches the mask's edge. The top face ends where a side begins: points beyond a plane square to the top
-    (the crease) go, which noise alone cannot place. Then the largest connected region.
+    Pixels with depth belong to their nearest plane, or to none when off every plane. Pixels without depth
+    (holes, sensor shadows) within fill_px of one with it go with the nearest such, so the face reaches the
+    mask's edge. The top face ends where a side begins: points beyond a plane square to the top (the crease)
+    go, which noise alone cannot place. What is left is the top face, in as many pieces as holes too wide to
+    fill (glossy tape, dark print) cut it into: every piece counts but specks (min_fragment of it).
     """
     x, y = roi[:2]
     rows, cols = np.nonzero(mask & (depth > 0))
+    points = _back_project(rows + y, cols + x, depth[rows, cols], intrinsics)
+    owner = _nearest_plane(points, planes, tolerance)
+    on_top = owner == top
+    plane = _fit_plane(points[on_top]) if np.count_nonzero(on_top) >= 3 else planes[top]
     face = np.zeros(mask.shape, np.int32)  # 0: no depth, 1: on no plane, k + 2: on plane k
-    face[rows, cols] = _nearest_plane(_back_project(rows + y, cols + x, depth[rows, cols], intrinsics),
-                                      planes, tolerance) + 2
+    face[rows, cols] = owner + 2
     no_depth = (face == 0).astype(np.uint8)
-    if no_depth.any():
+    if no_depth.any() and not no_depth.all():
         # Labels number the pixels with depth in row-major order: look up each one's nearest.
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         face = np.where(gap <= params.fill_px, face[no_depth == 0][nearest - 1], 0)
     rows, cols = np.nonzero(mask & (face == top + 2))
-    points = _on_plane(rows + y, cols + x, planes[top], intrinsics)
-    sides = planes[np.abs(planes[:, :3] @ planes[top, :3]) < 0.5]  # more than 60 degrees from the top
+    points = _on_plane(rows + y, cols + x, plane, intrinsics)
+    sides = planes[np.abs(planes[:, :3] @ plane[:3]) < 0.5]  # more than 60 degrees from the top
     inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
     if not inside.any():
-        return points[:0]
+        return points[:0], plane
     region = np.zeros(mask.shape, np.uint8)
     region[rows[inside], cols[inside]] = 1
     _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return points[inside][labels[rows[inside], cols[inside]] == largest]
+    areas = stats[:, cv2.CC_STAT_AREA]
+    pieces = np.flatnonzero(areas >= params.min_fragment * np.count_nonzero(inside))
+    kept = np.isin(labels[rows[inside], cols[inside]], pieces[pieces > 0])
+    return points[inside][kept], plane
 
 
 def _on_plane(v, u, plane, intrinsics) -> np.ndarray:
     """Where the rays of pixels (u, v) meet a plane."""
-    rays = np.column_stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy,
-                            np.ones(len(u))])
+    rays = np.column_stack([*intrinsics.normalised(u, v), np.ones(len(u))])
     return rays * (-plane[3] / (rays @ plane[:3]))[:, None]
 
 
