@@ -221,10 +221,10 @@ def _fit_points(roi, mask, depth_m, intrinsics, params):
     noise = _depth_noise(depth, eroded & has_depth, params.noise_lag_px)
     tolerance = float(np.clip(max(params.inlier_sigmas * noise, step), params.min_inlier_distance,
                               params.max_inlier_distance))
-    return points, thinned, tolerance
+    return points, thinned, tolerance, step
 
 
-def _carton_pose(roi, mask, depth_m, intrinsics, params, up, points, thinned, tolerance, planes, owner):
+def _carton_pose(roi, mask, depth_m, intrinsics, params, up, points, thinned, tolerance, step, planes, owner):
     """The pose from the faces found on the carton's fitting points."""
     quality = float(np.mean(owner >= 0)) if planes is not None else 0.0
     if planes is None or quality < params.min_quality:
@@ -233,6 +233,11 @@ def _carton_pose(roi, mask, depth_m, intrinsics, params, up, points, thinned, to
     if top is None:
         return CartonPose(PoseStatus.NO_TOP_FACE, quality, len(points))
     x, y, w, h = roi
+    # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the top's
+    # extent takes only what that spread (or the depth step) explains, so a side's first pixels stay off it.
+    on_top = thinned[owner == top]
+    spread = 1.4826 * float(np.median(_depth_residuals(on_top, planes[top][None])))
+    tolerance = min(tolerance, max(params.inlier_sigmas * spread, step, params.min_inlier_distance))
     face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], roi, planes, top, tolerance,
                                    intrinsics, params)
     if len(face) < 3:  # the creases cut the whole face away: the planes are no box's
