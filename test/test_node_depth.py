@@ -229,3 +229,15 @@ def test_stops_cleanly(node, camera, scenes):
     send(camera, scenes[4], "last")
     assert node.stop(signal.SIGINT) == 0, node.output
     assert "Traceback" not in node.output and "segmentation failed" not in node.output, node.output
+
+
+def test_camera_info_that_cannot_be_a_camera_is_counted_not_used(camera, scenes, node):
+    """fx = fy = 1e-30 once gave OK poses at x = -1.6e32 m."""
+    before = int(camera.status(STATUS, after=time.time())["frames without camera info"])
+    tiny = SimpleNamespace(fx=1e-30, fy=1e-30, cx=159.5, cy=119.5, width=WIDTH, height=HEIGHT)
+    _, result = camera.request(lambda: send(camera, scenes[3], "tiny_focal", intrinsics=tiny))
+    assert result.boxes and all(box.pose_status == BoxMask.POSE_NONE for box in result.boxes)
+    camera.status(STATUS, until=lambda values: int(values["frames without camera info"]) > before)
+    assert "K's fx 1e-30 is no camera's for 320 pixels" in node.output
+    _, result = camera.request(lambda: send(camera, scenes[3], "after_tiny_focal"))
+    assert any(box.pose_status == BoxMask.POSE_OK for box in result.boxes)

@@ -94,7 +94,8 @@ def _bulge_tops(z, labels, top_face, rays, cartons, rng, stereo):
         carton = cartons[label - 1]
         rows, cols, s, t = _top_coordinates(labels, top_face, rays, z, carton, label)
         height = rng.choice([-1, 1]) * rng.uniform(*stereo.bulge_mm) / 1000
-        lift = height * np.clip(1 - (2 * s / carton.size[0]) ** 2, 0, 1) * np.clip(1 - (2 * t / carton.size[1]) ** 2, 0, 1)
+        length, width = carton.size[:2]
+        lift = height * np.clip(1 - (2 * s / length) ** 2, 0, 1) * np.clip(1 - (2 * t / width) ** 2, 0, 1)
         # Moving a plane by h along its normal n moves its depth along ray r by h / (n . r).
         z[rows, cols] += lift / (rays[rows, cols] @ carton.top_normal)
     return z
