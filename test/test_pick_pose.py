@@ -58,9 +58,9 @@ def top_face_well_seen(scene, label):
     half = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * carton.size[:2] / 2
     corners = carton.top_center + half @ carton.rotation[:, :2].T
     uv = corners[:, :2] / corners[:, 2:] * [camera.fx, camera.fy] + [camera.cx, camera.cy]
-    if (uv < 0).any() or (uv[:, 0] > WIDTH - 1).any() or (uv[:, 1] > HEIGHT - 1).any():
+    if (uv < 0).any() or (uv[:, 0] > camera.width - 1).any() or (uv[:, 1] > camera.height - 1).any():
         return False
-    drawn = np.zeros((HEIGHT, WIDTH), np.uint8)
+    drawn = np.zeros((camera.height, camera.width), np.uint8)
     cv2.fillConvexPoly(drawn, np.round(uv * 16).astype(np.int32), 1, shift=4)
     inside = cv2.erode(drawn, np.ones((3, 3), np.uint8)).astype(bool)  # clear of rounding at the outline
     seen = scene.top_face & (scene.labels == label)
