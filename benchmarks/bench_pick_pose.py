@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Time the pick-pose step adds to a frame: depth conversion, poses, pick order and message fill.
+"""Time the pick-pose step adds to a frame: depth conversion, poses, pick order and message fill, side by side
+with the poses of a baseline revision of pick_pose.py (by default the one before batched RANSAC), in one run.
 
 Frames are 1280x720: two 640x720 synthetic pallet scenes side by side (the right one's points come out
 sheared by the left camera's intrinsics, which keeps planes planar: the same work), with their true
 masks; each count takes that many of the visible cartons, drawn at random.
 
-    python benchmarks/bench_pick_pose.py [--counts 20 50] [--repeats 5]
+    python benchmarks/bench_pick_pose.py [--counts 20 50] [--repeats 5] [--baseline REV]
 """
 
 import argparse
+import importlib.util
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +30,20 @@ import synthetic  # noqa: E402
 
 WIDTH, HEIGHT = 1280, 720
 SEEDS = (117, 25)  # pallet scenes that show many cartons
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = "ca4c390"  # pick_pose.py with one RANSAC per face per carton, float64, 2000 fitting points
+
+
+def baseline_module(revision):
+    """box_segmentation/pick_pose.py as it was at a git revision, imported under another name."""
+    source = subprocess.run(["git", "show", f"{revision}:box_segmentation/pick_pose.py"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "pick_pose_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("pick_pose_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def frame(seeds=SEEDS):
@@ -73,10 +91,13 @@ def main():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline", default=BASELINE, help="git revision of pick_pose.py to compare with")
     args = parser.parse_args()
     depth, labels, intrinsics, up = frame()
     visible = instances_of(labels)
-    print(f"{WIDTH}x{HEIGHT}, {len(visible)} visible cartons, median of {args.repeats} runs, ms per frame")
+    baseline = baseline_module(args.baseline)
+    print(f"{WIDTH}x{HEIGHT}, {len(visible)} visible cartons, median of {args.repeats} runs, ms per frame "
+          f"(poses per carton in brackets); baseline: pick_pose.py at {args.baseline}")
     rng = np.random.default_rng(0)
     for count in args.counts:
         if count > len(visible):
@@ -88,7 +109,19 @@ def main():
         ok = sum(pose.status == PoseStatus.OK for pose in runs[0][1])
         pixels = sum(instance.area for instance in instances)
         print(f"{count} cartons ({pixels} mask pixels, {ok} OK): total {sum(steps.values()):.1f}  "
-              + "  ".join(f"{name} {ms:.1f}" for name, ms in steps.items()))
+              + "  ".join(f"{name} {ms:.1f}" for name, ms in steps.items())
+              + f"  [{steps['poses'] / count:.2f} per carton]")
+        depth_m = depth_to_metres(depth, "16UC1", (HEIGHT, WIDTH))
+        old_intrinsics = baseline.Intrinsics(intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
+        times, old_ok = [], 0
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            old_poses = baseline.estimate_poses(instances, depth_m, old_intrinsics, up=up)
+            times.append(time.perf_counter() - start)
+            old_ok = sum(pose.status == PoseStatus.OK for pose in old_poses)
+        old = 1000 * np.median(times)
+        print(f"{'':>{len(str(count))}} baseline poses {old:.1f} ({old_ok} OK)  [{old / count:.2f} per carton]: "
+              f"{old / steps['poses']:.1f}x the time")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,16 @@ class Intrinsics:
         return x.reshape(u.shape), y.reshape(u.shape)
 
 
+    def normalised_grid(self, x: int, y: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """normalised() of the pixels of an image window, as float32 arrays that broadcast to (height, width):
+        a row and a column without distortion, whole (height, width) arrays with it."""
+        if not self.distorted:
+            return (((np.arange(x, x + width) - self.cx) / self.fx).astype(np.float32)[None, :],
+                    ((np.arange(y, y + height) - self.cy) / self.fy).astype(np.float32)[:, None])
+        v, u = np.mgrid[y:y + height, x:x + width]
+        return tuple(axis.astype(np.float32) for axis in self.normalised(u, v))
+
+
 def camera_model_from_info(info, geometry: str = "raw") -> Intrinsics:
     """The intrinsics of a CameraInfo (duck-typed) for images that are `geometry` (see CAMERA_GEOMETRIES)."""
     if geometry not in CAMERA_GEOMETRIES:

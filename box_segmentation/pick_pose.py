@@ -36,6 +36,7 @@ faces do not creep into the top, loose on a noisy camera's.
 import enum
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -140,10 +141,11 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
     up = None if up is None else _unit(np.asarray(up, dtype=np.float64))
     fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, params) for instance in instances]
     fitting = [i for i, fit in enumerate(fitted) if not isinstance(fit, CartonPose)]
-    faces = _find_faces([fitted[i][1] for i in fitting], np.array([fitted[i][2] for i in fitting]), params, rng)
+    faces = _find_faces([fitted[i].thinned for i in fitting], np.array([fitted[i].tolerance for i in fitting]),
+                        params, rng)
     poses = list(fitted)
     for i, (planes, owner) in zip(fitting, faces, strict=True):
-        poses[i] = _carton_pose(instances[i].roi, instances[i].mask, depth_m, intrinsics, params, up, *fitted[i],
+        poses[i] = _carton_pose(instances[i].roi, instances[i].mask, depth_m, intrinsics, params, up, fitted[i],
                                 planes, owner)
     return poses
 
@@ -203,9 +205,19 @@ def quaternion_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, f
 # One carton
 
 
-def _fit_points(roi, mask, depth_m, intrinsics, params):
-    """The carton's depth points on its eroded mask (float32), those to fit planes to, and the inlier distance;
-    or the CartonPose saying why there are too few."""
+class _Fit(NamedTuple):
+    """A carton's depth points: how many on its eroded mask, those few to fit planes to (float32), the inlier
+    distance, the camera's depth step there, and its window's pixel rays (Intrinsics.normalised_grid)."""
+
+    points: int
+    thinned: np.ndarray
+    tolerance: float
+    step: float
+    rays: tuple
+
+
+def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
+    """The carton's _Fit, or the CartonPose saying why there is too little depth for one."""
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
     has_depth = depth > 0  # NaN compares false
@@ -214,41 +226,39 @@ def _fit_points(roi, mask, depth_m, intrinsics, params):
     rows, cols = np.nonzero(eroded & has_depth)
     if len(rows) < max(params.min_points, params.min_valid_fraction * np.count_nonzero(eroded)):
         return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(rows))
-    points = _back_project(rows + y, cols + x, depth[rows, cols], intrinsics)
-    thinned = points[::-(-len(points) // params.max_fit_points)]  # evenly spread over the mask
+    every = -(-len(rows) // params.max_fit_points)  # evenly spread over the mask
+    thin_rows, thin_cols = rows[::every], cols[::every]
+    rays = intrinsics.normalised_grid(x, y, w, h)
+    z = depth[thin_rows, thin_cols]
+    thinned = np.column_stack([np.broadcast_to(rays[0], (h, w))[thin_rows, thin_cols] * z,
+                               np.broadcast_to(rays[1], (h, w))[thin_rows, thin_cols] * z, z])
     # Never tighter than the camera's depth step there: quantisation alone spreads a plane's points over it.
-    step = params.depth_step_at_1m * float(np.median(thinned[:, 2])) ** 2
+    step = params.depth_step_at_1m * float(np.median(z)) ** 2
     noise = _depth_noise(depth, eroded & has_depth, params.noise_lag_px)
     tolerance = float(np.clip(max(params.inlier_sigmas * noise, step), params.min_inlier_distance,
                               params.max_inlier_distance))
-    return points, thinned, tolerance, step
+    return _Fit(len(rows), thinned, tolerance, step, rays)
 
 
-def _carton_pose(roi, mask, depth_m, intrinsics, params, up, points, thinned, tolerance, step, planes, owner):
+def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner):
     """The pose from the faces found on the carton's fitting points."""
     quality = float(np.mean(owner >= 0)) if planes is not None else 0.0
     if planes is None or quality < params.min_quality:
-        return CartonPose(PoseStatus.POOR_FIT, quality, len(points))
-    top = _top_face(planes, thinned, owner, up, params)
+        return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
+    top = _top_face(planes, fit.thinned, owner, up, params)
     if top is None:
-        return CartonPose(PoseStatus.NO_TOP_FACE, quality, len(points))
-    x, y, w, h = roi
+        return CartonPose(PoseStatus.NO_TOP_FACE, quality, fit.points)
     # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the top's
     # extent takes only what that spread (or the depth step) explains, so a side's first pixels stay off it.
-    on_top = thinned[owner == top]
-    spread = 1.4826 * float(np.median(_depth_residuals(on_top, planes[top][None])))
-    tolerance = min(tolerance, max(params.inlier_sigmas * spread, step, params.min_inlier_distance))
-    face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], roi, planes, top, tolerance,
-                                   intrinsics, params)
+    spread = 1.4826 * float(np.median(_depth_residuals(fit.thinned[owner == top], planes[top][None])))
+    tolerance = min(fit.tolerance, max(params.inlier_sigmas * spread, fit.step, params.min_inlier_distance))
+    x, y, w, h = roi
+    face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], planes, top, tolerance, fit.rays,
+                                   params)
     if len(face) < 3:  # the creases cut the whole face away: the planes are no box's
-        return CartonPose(PoseStatus.POOR_FIT, quality, len(points))
+        return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
     position, rotation, length, width = _face_rectangle(face, plane, intrinsics)
-    return CartonPose(PoseStatus.OK, quality, len(points), position, rotation, length, width)
-
-
-def _back_project(v, u, z, intrinsics) -> np.ndarray:
-    x, y = intrinsics.normalised(u, v)
-    return np.column_stack([x * z, y * z, z]).astype(np.float32)
+    return CartonPose(PoseStatus.OK, quality, fit.points, position, rotation, length, width)
 
 
 def _depth_noise(depth, pixels, lag) -> float:
@@ -379,9 +389,10 @@ def _top_face(planes, points, owner, up, params) -> int | None:
     return int(np.argmax(np.where(parallel, counts, -1)))
 
 
-def _top_face_points(mask, depth, roi, planes, top, tolerance, intrinsics, params):
+def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     """(N, 3) points where the rays of the mask's top-face pixels meet the top plane (exact, free of depth
-    noise), and that plane refitted on all of the mask's depth points on it.
+    noise), and that plane refitted on all of the mask's depth points on it. Whole-window arrays throughout:
+    a plane's depth at every pixel of the window is one broadcast expression.
 
     Pixels with depth belong to their nearest plane, or to none when off every plane. Pixels without depth
     (holes, sensor shadows) within fill_px of one with it go with the nearest such, so the face reaches the
@@ -389,21 +400,28 @@ def _top_face_points(mask, depth, roi, planes, top, tolerance, intrinsics, param
     go, which noise alone cannot place. What is left is the top face, in as many pieces as holes too wide to
     fill (glossy tape, dark print) cut it into: every piece counts but specks (min_fragment of it).
     """
-    x, y = roi[:2]
-    rows, cols = np.nonzero(mask & (depth > 0))
-    points = _back_project(rows + y, cols + x, depth[rows, cols], intrinsics)
-    owner = _nearest_plane(points, planes, tolerance)
-    on_top = owner == top
-    plane = _fit_plane(points[on_top]) if np.count_nonzero(on_top) >= 3 else planes[top]
-    face = np.zeros(mask.shape, np.int32)  # 0: no depth, 1: on no plane, k + 2: on plane k
-    face[rows, cols] = owner + 2
+    has_depth = mask & (depth > 0)
+    measured = np.where(has_depth, depth, np.inf)
+    residuals = np.stack([np.abs(measured - _plane_depth(plane, rays)) for plane in planes])
+    nearest = np.argmin(residuals, axis=0)
+    owner = np.where(np.take_along_axis(residuals, nearest[None], axis=0)[0] < tolerance, nearest, -1)
+    rows, cols = np.nonzero(owner == top)
+    plane = planes[top]
+    if len(rows) >= 3:
+        z = depth[rows, cols]
+        plane = _fit_plane(np.column_stack([np.broadcast_to(rays[0], depth.shape)[rows, cols] * z,
+                                            np.broadcast_to(rays[1], depth.shape)[rows, cols] * z, z]))
+    face = np.where(has_depth, owner + 2, 0)  # 0: no depth, 1: on no plane, k + 2: on plane k
     no_depth = (face == 0).astype(np.uint8)
     if no_depth.any() and not no_depth.all():
         # Labels number the pixels with depth in row-major order: look up each one's nearest.
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         face = np.where(gap <= params.fill_px, face[no_depth == 0][nearest - 1], 0)
     rows, cols = np.nonzero(mask & (face == top + 2))
-    points = _on_plane(rows + y, cols + x, plane, intrinsics)
+    on_plane = _plane_depth(plane, rays)
+    z = on_plane[rows, cols]
+    points = np.column_stack([np.broadcast_to(rays[0], depth.shape)[rows, cols] * z,
+                              np.broadcast_to(rays[1], depth.shape)[rows, cols] * z, z])
     sides = planes[np.abs(planes[:, :3] @ plane[:3]) < 0.5]  # more than 60 degrees from the top
     inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
     if not inside.any():
@@ -411,16 +429,17 @@ def _top_face_points(mask, depth, roi, planes, top, tolerance, intrinsics, param
     region = np.zeros(mask.shape, np.uint8)
     region[rows[inside], cols[inside]] = 1
     _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-    areas = stats[:, cv2.CC_STAT_AREA]
-    pieces = np.flatnonzero(areas >= params.min_fragment * np.count_nonzero(inside))
+    pieces = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= params.min_fragment * np.count_nonzero(inside))
     kept = np.isin(labels[rows[inside], cols[inside]], pieces[pieces > 0])
     return points[inside][kept], plane
 
 
-def _on_plane(v, u, plane, intrinsics) -> np.ndarray:
-    """Where the rays of pixels (u, v) meet a plane."""
-    rays = np.column_stack([*intrinsics.normalised(u, v), np.ones(len(u))])
-    return rays * (-plane[3] / (rays @ plane[:3]))[:, None]
+def _plane_depth(plane, rays) -> np.ndarray:
+    """Depth at which each pixel's ray (x, y, 1) meets the plane n . p + d = 0: -d / (n . ray); inf or negative
+    where it never does (rays parallel to the plane, or meeting it behind the camera)."""
+    normal = plane[:3].astype(np.float32)
+    with np.errstate(divide="ignore"):
+        return np.float32(-plane[3]) / (normal[0] * rays[0] + normal[1] * rays[1] + normal[2])
 
 
 def _face_rectangle(points, plane, intrinsics):
