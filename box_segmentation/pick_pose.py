@@ -71,9 +71,9 @@ class PoseParams:
     parallel_deg: float = 10.0  # faces this near parallel to the top candidate compete with it on points
     min_quality: float = 0.7  # share of points on faces below which the fit is poor
     max_top_tilt_deg: float = 30.0  # with `up`: largest angle between up and a top face's normal
-    ransac_iterations: int = 200
-    ransac_points: int = 300  # points each RANSAC hypothesis is scored on
-    max_fit_points: int = 2000  # a carton's points are thinned to this many for fitting
+    ransac_iterations: int = 100  # hypotheses per face, all cartons' scored at once
+    ransac_points: int = 200  # points each RANSAC hypothesis is scored on
+    max_fit_points: int = 1000  # a carton's points are thinned to this many for fitting
     seed: int = 0  # RANSAC's random stream: same frame, same poses
 
 
@@ -332,9 +332,12 @@ def _ransac_planes(point_sets, tolerances, params, rng) -> np.ndarray:
     lengths = np.sqrt(np.sum(normals * normals, axis=-1))
     normals /= np.maximum(lengths, 1e-12)[..., None]
     offsets = -np.sum(normals * triples[:, :, 0], axis=-1)
-    # Depth residual |n . p + d| / |n . ray| below the tolerance, written without dividing.
-    distances = np.abs(scored @ normals.transpose(0, 2, 1) + offsets[:, None, :])
-    slopes = np.abs((scored / scored[..., 2:]) @ normals.transpose(0, 2, 1))
+    # Depth residual |n . p + d| / |n . ray| below the tolerance, written without dividing: (C, S, I) at once.
+    rays = scored / scored[..., 2:]
+    n = normals.transpose(0, 2, 1)[:, :, None, :]  # (C, 3, 1, I)
+    distances = np.abs(scored[..., 0, None] * n[:, 0] + scored[..., 1, None] * n[:, 1] + scored[..., 2, None] * n[:, 2]
+                       + offsets[:, None, :])
+    slopes = np.abs(rays[..., 0, None] * n[:, 0] + rays[..., 1, None] * n[:, 1] + n[:, 2])
     support = np.count_nonzero(distances < np.asarray(tolerances, np.float32)[:, None, None] * slopes, axis=1)
     support[lengths < 1e-9] = -1  # collinear triples
     best = np.argmax(support, axis=1)
