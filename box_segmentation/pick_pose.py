@@ -71,8 +71,8 @@ class PoseParams:
     parallel_deg: float = 10.0  # faces this near parallel to the top candidate compete with it on points
     min_quality: float = 0.7  # share of points on faces below which the fit is poor
     max_top_tilt_deg: float = 30.0  # with `up`: largest angle between up and a top face's normal
-    ransac_iterations: int = 100  # hypotheses per face, all cartons' scored at once
-    ransac_points: int = 200  # points each RANSAC hypothesis is scored on
+    ransac_iterations: int = 60  # hypotheses per face, all cartons' scored at once
+    ransac_points: int = 150  # points each RANSAC hypothesis is scored on
     max_fit_points: int = 1000  # a carton's points are thinned to this many for fitting
     seed: int = 0  # RANSAC's random stream: same frame, same poses
 
@@ -393,8 +393,8 @@ def _top_face(planes, points, owner, up, params) -> int | None:
 
 
 def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
-    """(N, 3) points where the rays of the mask's top-face pixels meet the top plane (exact, free of depth
-    noise), and that plane refitted on all of the mask's depth points on it. Whole-window arrays throughout:
+    """(N, 3) points where the rays of the mask's top-face pixels on its outline meet the top plane (exact, free
+    of depth noise), and that plane refitted on all of the mask's depth points on it. Whole-window arrays throughout:
     a plane's depth at every pixel of the window is one broadcast expression.
 
     Pixels with depth belong to their nearest plane, or to none when off every plane. Pixels without depth
@@ -405,9 +405,12 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     """
     has_depth = mask & (depth > 0)
     measured = np.where(has_depth, depth, np.inf)
-    residuals = np.stack([np.abs(measured - _plane_depth(plane, rays)) for plane in planes])
-    nearest = np.argmin(residuals, axis=0)
-    owner = np.where(np.take_along_axis(residuals, nearest[None], axis=0)[0] < tolerance, nearest, -1)
+    if len(planes) == 1:
+        owner = np.where(np.abs(measured - _plane_depth(planes[0], rays)) < tolerance, 0, -1)
+    else:
+        residuals = np.stack([np.abs(measured - _plane_depth(plane, rays)) for plane in planes])
+        nearest = np.argmin(residuals, axis=0)
+        owner = np.where(np.take_along_axis(residuals, nearest[None], axis=0)[0] < tolerance, nearest, -1)
     rows, cols = np.nonzero(owner == top)
     plane = planes[top]
     if len(rows) >= 3:
@@ -415,11 +418,11 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         plane = _fit_plane(np.column_stack([np.broadcast_to(rays[0], depth.shape)[rows, cols] * z,
                                             np.broadcast_to(rays[1], depth.shape)[rows, cols] * z, z]))
     face = np.where(has_depth, owner + 2, 0)  # 0: no depth, 1: on no plane, k + 2: on plane k
-    no_depth = (face == 0).astype(np.uint8)
-    if no_depth.any() and not no_depth.all():
+    if (mask & ~has_depth).any():
         # Labels number the pixels with depth in row-major order: look up each one's nearest.
+        no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-        face = np.where(gap <= params.fill_px, face[no_depth == 0][nearest - 1], 0)
+        face = np.where(gap <= params.fill_px, face[has_depth][nearest - 1], 0)
     rows, cols = np.nonzero(mask & (face == top + 2))
     on_plane = _plane_depth(plane, rays)
     z = on_plane[rows, cols]
@@ -432,9 +435,12 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     region = np.zeros(mask.shape, np.uint8)
     region[rows[inside], cols[inside]] = 1
     _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-    pieces = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= params.min_fragment * np.count_nonzero(inside))
-    kept = np.isin(labels[rows[inside], cols[inside]], pieces[pieces > 0])
-    return points[inside][kept], plane
+    piece = stats[:, cv2.CC_STAT_AREA] >= params.min_fragment * np.count_nonzero(inside)
+    piece[0] = False  # the background
+    # The rectangle around the pieces is the one around their outlines: a tenth of the points or fewer.
+    outline = region > cv2.erode(region, np.ones((3, 3), np.uint8))
+    rows, cols, points = rows[inside], cols[inside], points[inside]
+    return points[piece[labels[rows, cols]] & outline[rows, cols]], plane
 
 
 def _plane_depth(plane, rays) -> np.ndarray:
