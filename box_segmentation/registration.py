@@ -73,6 +73,22 @@ class RegistrationCheck:
                 row - self.max_shift_px + _vertex(grid[max(row - 1, 0):row + 2, col], row, size))
 
 
+    def corrected(self, depth_m: np.ndarray) -> np.ndarray:
+        """depth_m moved back onto the colour image by the offset found, in whole pixels (NaN where nothing moves
+        in); as is while the offset is unknown or under half a pixel."""
+        offset = self.offset()
+        if offset is None:
+            return depth_m
+        dx, dy = (-round(value) for value in offset)
+        if dx == 0 and dy == 0:
+            return depth_m
+        height, width = depth_m.shape
+        moved = np.full(depth_m.shape, np.nan, np.float32)
+        moved[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+            depth_m[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
+        return moved
+
+
 def _vertex(values, index, size) -> float:
     """Sub-pixel peak: the vertex of the parabola through the peak and its two neighbours (0 at the border)."""
     if index in (0, size - 1):

@@ -23,6 +23,7 @@ from box_segmentation.pick_pose import (
     pick_order,
     quaternion_from_matrix,
 )
+from box_segmentation.registration import RegistrationCheck
 from box_segmentation.types import Instance
 
 WIDTH, HEIGHT = 320, 240
@@ -130,11 +131,11 @@ def test_poses_with_sensor_noise_and_holes_stay_within_twice_the_bounds():
 STEREO_SCENES = {1.0: [("pallet", 2), ("pallet", 67), ("loose", 13), ("loose", 22)],
                  1.5: [("pallet", 4), ("pallet", 87), ("loose", 25), ("loose", 14)],
                  2.5: [("loose", 23), ("loose", 30), ("loose", 19), ("loose", 27)]}
-# Share of the well-seen cartons within BOUNDS_STEREO. Issue 17 asks 0.95 everywhere: at 2.5 m (4.5 mm pixels,
-# 15 mm depth steps) a side seen edge-on is a strip of two or three pixels whose depth the top's tolerance
-# explains, and it widens the top by a centimetre or two; at 1.0 m one carton of ten is 2.2 cm long with the
-# depth 2 px off the colour image (the registration check below sees that offset).
-ACCURATE_SHARE = {1.0: 0.9, 1.5: 0.95, 2.5: 0.75}
+# Share of the well-seen cartons within BOUNDS_STEREO. Issue 17 asks 0.95 everywhere; at 2.5 m (4.5 mm pixels,
+# 15 mm depth steps, 9 mm of noise) 16 of 19 are: a side seen edge-on is a strip of two or three pixels whose
+# depth the top's tolerance explains, and it widens the top by 1.5-3.5 cm; a 20 cm wide top's normal is 3.6
+# degrees off.
+ACCURATE_SHARE = {1.0: 0.95, 1.5: 0.95, 2.5: 0.8}
 BOUNDS_STEREO = {"position": 0.015, "normal_deg": 3.0, "size": 0.015}
 
 
@@ -150,7 +151,8 @@ def top_share_seen(scene, label):
 
 @pytest.mark.parametrize("distance", sorted(STEREO_SCENES))
 def test_poses_hold_on_a_stereo_cameras_depth(distance):
-    """Quantised, correlated, holed, flying, bulging and 1-4 px misregistered depth (synthetic.stereo_depth)."""
+    """Quantised, correlated, holed, flying, bulging and 1-4 px misregistered depth (synthetic.stereo_depth):
+    at least half-seen tops get an OK pose; well-seen ones their true pick point, normal and size."""
     half_seen, ok, accurate, well_seen = 0, 0, 0, 0
     for kind, seed in STEREO_SCENES[distance]:
         scene = synthetic.render_scene(seed, 640, 480, kind)
@@ -160,8 +162,11 @@ def test_poses_hold_on_a_stereo_cameras_depth(distance):
         depth_mm, _ = stereo_depth(scene.depth, scene.labels, scene.top_face, scene.image, scene.camera,
                                    scene.cartons, np.random.default_rng(seed))
         instances = [instance_of(scene.labels == label) for label in labels]
-        poses = estimate_poses(instances, depth_mm.astype(np.float32) / 1000, intrinsics(scene),
-                               up=up_in_camera(scene))
+        # As the node does: the registration check's offset (from this frame alone here) moved back.
+        registration = RegistrationCheck()
+        registration.add(instances, depth_mm.astype(np.float32) / 1000)
+        depth = registration.corrected(depth_mm.astype(np.float32) / 1000)
+        poses = estimate_poses(instances, depth, intrinsics(scene), up=up_in_camera(scene))
         for label, pose in zip(labels, poses, strict=True):
             if top_share_seen(scene, label) >= 0.5:
                 half_seen += 1

@@ -63,3 +63,15 @@ def test_only_every_nth_frame_is_scored_and_old_frames_leave(scenes):
     for _ in range(6):  # two more scored frames, registered: the shifted one has left the window
         check.add(instances, depth)
     assert math.hypot(*check.offset()) < 0.5
+
+
+def test_corrected_moves_the_depth_back_onto_the_colour_image(scenes):
+    scene, instances = scenes[0]
+    depth = scene.depth.astype(np.float32) / 1000
+    check = RegistrationCheck()
+    assert check.corrected(depth) is depth, "nothing known yet: as is"
+    shifted = np.full(depth.shape, np.nan, np.float32)
+    shifted[3:, :-2] = depth[:-3, 2:]  # 2 px left and 3 down
+    check.add(instances, shifted)
+    np.testing.assert_allclose(check.offset(), (-2, 3), atol=0.5)
+    np.testing.assert_array_equal(check.corrected(shifted)[3:-3, 2:-2], depth[3:-3, 2:-2])

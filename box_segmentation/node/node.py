@@ -328,6 +328,7 @@ class SegmentNode(Node):
                                     throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
             return []
         self._registration.add(instances, depth_m)
+        depth_m = self._registration.corrected(depth_m)  # moved back by the misregistration found, if any
         poses = estimate_poses(instances, depth_m, intrinsics, up=self._up)
         add_poses(result, poses, pick_order(instances, poses, (height, width), up=self._up))
         for pose in poses:
