@@ -307,7 +307,9 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
 
 def _settle_faces(points, planes, tolerance, min_face):
     """Planes found first take the points along shared edges: give each point to its nearest plane and refit."""
-    for _ in range(1 if len(planes) == 1 else 2):  # a lone plane shares no edge
+    if len(planes) == 1:  # a lone plane shares no edge: fitted on its points already
+        return planes, _nearest_plane(points, planes, tolerance)
+    for _ in range(2):
         owner = _nearest_plane(points, planes, tolerance)
         kept = [k for k in range(len(planes)) if np.count_nonzero(owner == k) >= min_face]
         if not kept:
