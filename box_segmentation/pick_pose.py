@@ -2,19 +2,21 @@
 
 No ROS here. Per frame the node calls:
 
+    intrinsics = camera_model.camera_model_from_info(camera_info, "raw")  # K and D, or "rectified": P
     depth_m = depth_to_metres(depth_image, encoding, (height, width))  # the colour image's size
-    poses = estimate_poses(instances, depth_m, Intrinsics.from_k(camera_info.k), up=up_in_camera)
+    poses = estimate_poses(instances, depth_m, intrinsics, up=up_in_camera)
     order = pick_order(instances, poses, (height, width), up=up_in_camera)
     messages.add_poses(msg, poses, order)
 
 Conventions: the camera optical frame (x right, y down, z forward), metres. Intrinsics put pixel (u, v)'s
-centre at integer (u, v), as CameraInfo's K does, so pixel (u, v) with depth Z is the point
-((u - cx) Z / fx, (v - cy) Z / fy, Z). Masks are Instance roi + cropped mask (msg/BoxMask.msg). `up` is
-gravity-up expressed in the camera frame (the world z axis, from TF), or None when unknown.
+centre at integer (u, v), as CameraInfo's K does, so pixel (u, v) with depth Z is the point (x Z, y Z, Z) with
+(x, y) = Intrinsics.normalised(u, v): ((u - cx) / fx, (v - cy) / fy) once any lens distortion is undone. Masks
+are Instance roi + cropped mask (msg/BoxMask.msg). `up` is gravity-up expressed in the camera frame (the world
+z axis, from TF), or None when unknown.
 
-One carton (estimate_poses):
+One carton (estimate_poses; step 2's RANSAC runs for all cartons of the frame at once):
 1. Points: the depth pixels of the mask eroded by erode_px (mask edges mix carton, neighbour and background
-   depth). Too few of them: POSE_SPARSE_DEPTH.
+   depth), thinned to max_fit_points. Too few of them: POSE_SPARSE_DEPTH.
 2. Faces: an SCD-style mask shows a carton's top and up to two sides, so planes are found one after another
    by RANSAC on the points still unexplained (each must hold min_face_fraction of the points); then every
    point goes to its nearest plane in depth (if within the inlier distance) and each plane is refitted by least
@@ -22,15 +24,20 @@ One carton (estimate_poses):
 3. The top face: with `up`, the face whose normal is nearest up (POSE_NO_TOP_FACE when even that one is
    more than max_top_tilt_deg off). Without `up`, the face that looks most squarely at the camera: right for
    a camera above the stack looking down, the usual depalletising mount; oblique and side views need `up`.
-4. Extent: the whole (uneroded) mask's pixels on the top plane (gaps in the depth filled from their
-   neighbours, cut at the creases with the side planes; largest connected region); their pixel rays are cut
-   with the fitted plane (exact positions, free of depth noise) and the minimum-area rectangle around them,
-   grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the visible top face.
-   Its centre is the pick point, its long side the x axis.
+   Of the faces parallel to that one, the one with the most points: a band of floor or of a lower neighbour
+   inside the mask (colour-depth misregistration) is parallel too.
+4. Extent: the whole (uneroded) mask's pixels on the top plane (holes in the depth filled from their
+   neighbours, cut at the creases with the side planes), every piece of it but specks: tape and dark print
+   leave holes too wide to fill that cut a top into pieces; their pixel rays are cut with the plane refitted on
+   all its pixels (exact positions, free of depth noise) and the minimum-area rectangle around them, grown by
+   half a pixel's footprint (pixel centres stop short of the face's edges), is the visible top face. Its centre
+   is the pick point, its long side the x axis.
 
-A plane holds the points within inlier_sigmas times the carton's depth noise (kept within min_inlier_distance
-and max_inlier_distance), the noise measured from the depth itself (_depth_noise): tight on clean depth, so side
-faces do not creep into the top, loose on a noisy camera's.
+A plane holds the points within a tolerance no tighter than the camera's depth step at the carton's distance
+(depth_step_at_1m times z²: quantisation alone spreads a plane's points over it), nor than how flat carton tops
+are (min_inlier_distance), and otherwise inlier_sigmas times the depth noise measured from the depth itself
+(_depth_noise), up to max_inlier_distance: tight on clean depth, so side faces do not creep into the top, loose
+on a noisy camera's. The top's extent takes the tolerance its own points' spread calls for, if tighter.
 """
 
 import enum
