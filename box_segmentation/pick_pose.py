@@ -72,6 +72,7 @@ class PoseParams:
     min_inlier_distance: float = 0.005  # ...nor than how flat a carton top is (they bulge and sag), in metres...
     max_inlier_distance: float = 0.04  # ...nor more: depth noisier than that fits poorly, as it should
     fill_px: int = 4  # pixels without depth this close to ones with it take their face
+    edge_ring_px: int = 4  # this close to the mask's edge, a top pixel more than half the tolerance away is a side's
     min_fragment: float = 0.02  # share of the top face's pixels below which a piece of it is a speck
     max_faces: int = 3  # planes looked for per carton: a top and two sides
     min_face_fraction: float = 0.05  # share of a carton's points a plane needs to count as a face
@@ -426,6 +427,11 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         closer = residual < nearest
         owner[closer] = k
         nearest = np.where(closer, residual, nearest)
+    # Along the mask's edge, a side seen edge-on shows as a strip of a few pixels just beyond the top plane:
+    # there, the far half of the tolerance is no longer top.
+    ring = mask & ~cv2.erode(mask.view(np.uint8), np.ones((2 * params.edge_ring_px + 1,) * 2, np.uint8)).view(bool)
+    beyond = ring & (owner == top) & (measured - _plane_depth(planes[top], rays) > tolerance / 2)
+    owner[beyond] = -1
     rows, cols = np.nonzero(owner == top)
     plane = planes[top]
     if len(rows) >= 3:
