@@ -27,7 +27,8 @@ One carton (estimate_poses; step 2's RANSAC runs for all cartons of the frame at
    Of the faces parallel to that one, the one with the most points: a band of floor or of a lower neighbour
    inside the mask (colour-depth misregistration) is parallel too.
 4. Extent: the whole (uneroded) mask's pixels on the top plane (holes in the depth filled from their
-   neighbours, cut at the creases with the side planes), every piece of it but specks: tape and dark print
+   neighbours, cut at the creases with the side planes; near the mask's edge only those within half the
+   tolerance, as a side seen edge-on is a strip just beyond the plane), every piece of it but specks: tape and dark print
    leave holes too wide to fill that cut a top into pieces; their pixel rays are cut with the plane refitted on
    all its pixels (exact positions, free of depth noise) and the minimum-area rectangle around them, grown by
    half a pixel's footprint (pixel centres stop short of the face's edges), is the visible top face. Its centre
