@@ -28,11 +28,11 @@ One carton (estimate_poses; step 2's RANSAC runs for all cartons of the frame at
    inside the mask (colour-depth misregistration) is parallel too.
 4. Extent: the whole (uneroded) mask's pixels on the top plane (holes in the depth filled from their
    neighbours, cut at the creases with the side planes; near the mask's edge only those within half the
-   tolerance, as a side seen edge-on is a strip just beyond the plane), every piece of it but specks: tape and dark print
-   leave holes too wide to fill that cut a top into pieces; their pixel rays are cut with the plane refitted on
-   all its pixels (exact positions, free of depth noise) and the minimum-area rectangle around them, grown by
-   half a pixel's footprint (pixel centres stop short of the face's edges), is the visible top face. Its centre
-   is the pick point, its long side the x axis.
+   tolerance, as a side seen edge-on is a strip just beyond the plane), every piece of it but specks: tape
+   and dark print leave holes too wide to fill that cut a top into pieces; their pixel rays are cut with the
+   plane refitted on all its pixels (exact positions, free of depth noise) and the minimum-area rectangle
+   around them, grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the
+   visible top face. Its centre is the pick point, its long side the x axis.
 
 A plane holds the points within a tolerance no tighter than the camera's depth step at the carton's distance
 (depth_step_at_1m times z²: quantisation alone spreads a plane's points over it), nor than how flat carton tops
@@ -424,21 +424,23 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     owner = np.full(depth.shape, -1)
     nearest = np.full(depth.shape, np.float32(tolerance))
     for k, other in enumerate(planes):
-        residual = np.abs(measured - _plane_depth(other, rays))
+        offset = measured - _plane_depth(other, rays)  # beyond the plane: positive
+        residual = np.abs(offset)
         closer = residual < nearest
         owner[closer] = k
         nearest = np.where(closer, residual, nearest)
+        if k == top:
+            beyond_top = offset > tolerance / 2
     # Along the mask's edge, a side seen edge-on shows as a strip of a few pixels just beyond the top plane:
     # there, the far half of the tolerance is no longer top.
     ring = mask & ~cv2.erode(mask.view(np.uint8), np.ones((2 * params.edge_ring_px + 1,) * 2, np.uint8)).view(bool)
-    beyond = ring & (owner == top) & (measured - _plane_depth(planes[top], rays) > tolerance / 2)
-    owner[beyond] = -1
+    owner[ring & beyond_top & (owner == top)] = -1
+    ray_x, ray_y = (np.broadcast_to(axis, depth.shape) for axis in rays)
     rows, cols = np.nonzero(owner == top)
     plane = planes[top]
     if len(rows) >= 3:
         z = depth[rows, cols]
-        plane = _fit_plane(np.column_stack([np.broadcast_to(rays[0], depth.shape)[rows, cols] * z,
-                                            np.broadcast_to(rays[1], depth.shape)[rows, cols] * z, z]))
+        plane = _fit_plane(np.column_stack([ray_x[rows, cols] * z, ray_y[rows, cols] * z, z]))
     face = np.where(has_depth, owner + 2, 0)  # 0: no depth, 1: on no plane, k + 2: on plane k
     if (mask & ~has_depth).any():
         # Labels number the pixels with depth in row-major order: look up each one's nearest.
@@ -446,23 +448,28 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         face = np.where(gap <= params.fill_px, face[has_depth][nearest - 1], 0)
     rows, cols = np.nonzero(mask & (face == top + 2))
-    on_plane = _plane_depth(plane, rays)
-    z = on_plane[rows, cols]
-    points = np.column_stack([np.broadcast_to(rays[0], depth.shape)[rows, cols] * z,
-                              np.broadcast_to(rays[1], depth.shape)[rows, cols] * z, z])
     sides = planes[np.abs(planes[:, :3] @ plane[:3]) < 0.5]  # more than 60 degrees from the top
-    inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
-    if not inside.any():
-        return points[:0], plane
+    if len(sides):
+        points = _ray_points(ray_x[rows, cols], ray_y[rows, cols], plane)
+        inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
+        rows, cols = rows[inside], cols[inside]
+    if not len(rows):
+        return np.zeros((0, 3)), plane
     region = np.zeros(mask.shape, np.uint8)
-    region[rows[inside], cols[inside]] = 1
+    region[rows, cols] = 1
     _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-    piece = stats[:, cv2.CC_STAT_AREA] >= params.min_fragment * np.count_nonzero(inside)
+    piece = stats[:, cv2.CC_STAT_AREA] >= params.min_fragment * len(rows)
     piece[0] = False  # the background
     # The rectangle around the pieces is the one around their outlines: a tenth of the points or fewer.
     outline = region > cv2.erode(region, np.ones((3, 3), np.uint8))
-    rows, cols, points = rows[inside], cols[inside], points[inside]
-    return points[piece[labels[rows, cols]] & outline[rows, cols]], plane
+    keep = piece[labels[rows, cols]] & outline[rows, cols]
+    return _ray_points(ray_x[rows[keep], cols[keep]], ray_y[rows[keep], cols[keep]], plane), plane
+
+
+def _ray_points(x, y, plane) -> np.ndarray:
+    """(N, 3) where the rays (x, y, 1) meet the plane n . p + d = 0."""
+    z = -plane[3] / (plane[0] * x + plane[1] * y + plane[2])
+    return np.column_stack([x * z, y * z, z])
 
 
 def _plane_depth(plane, rays) -> np.ndarray:
