@@ -2,19 +2,21 @@
 
 No ROS here. Per frame the node calls:
 
+    intrinsics = camera_model.camera_model_from_info(camera_info, "raw")  # K and D, or "rectified": P
     depth_m = depth_to_metres(depth_image, encoding, (height, width))  # the colour image's size
-    poses = estimate_poses(instances, depth_m, Intrinsics.from_k(camera_info.k), up=up_in_camera)
+    poses = estimate_poses(instances, depth_m, intrinsics, up=up_in_camera)
     order = pick_order(instances, poses, (height, width), up=up_in_camera)
     messages.add_poses(msg, poses, order)
 
 Conventions: the camera optical frame (x right, y down, z forward), metres. Intrinsics put pixel (u, v)'s
-centre at integer (u, v), as CameraInfo's K does, so pixel (u, v) with depth Z is the point
-((u - cx) Z / fx, (v - cy) Z / fy, Z). Masks are Instance roi + cropped mask (msg/BoxMask.msg). `up` is
-gravity-up expressed in the camera frame (the world z axis, from TF), or None when unknown.
+centre at integer (u, v), as CameraInfo's K does, so pixel (u, v) with depth Z is the point (x Z, y Z, Z) with
+(x, y) = Intrinsics.normalised(u, v): ((u - cx) / fx, (v - cy) / fy) once any lens distortion is undone. Masks
+are Instance roi + cropped mask (msg/BoxMask.msg). `up` is gravity-up expressed in the camera frame (the world
+z axis, from TF), or None when unknown.
 
-One carton (estimate_poses):
+One carton (estimate_poses; step 2's RANSAC runs for all cartons of the frame at once):
 1. Points: the depth pixels of the mask eroded by erode_px (mask edges mix carton, neighbour and background
-   depth). Too few of them: POSE_SPARSE_DEPTH.
+   depth), thinned to max_fit_points. Too few of them: POSE_SPARSE_DEPTH.
 2. Faces: an SCD-style mask shows a carton's top and up to two sides, so planes are found one after another
    by RANSAC on the points still unexplained (each must hold min_face_fraction of the points); then every
    point goes to its nearest plane in depth (if within the inlier distance) and each plane is refitted by least
@@ -22,15 +24,21 @@ One carton (estimate_poses):
 3. The top face: with `up`, the face whose normal is nearest up (POSE_NO_TOP_FACE when even that one is
    more than max_top_tilt_deg off). Without `up`, the face that looks most squarely at the camera: right for
    a camera above the stack looking down, the usual depalletising mount; oblique and side views need `up`.
-4. Extent: the whole (uneroded) mask's pixels on the top plane (gaps in the depth filled from their
-   neighbours, cut at the creases with the side planes; largest connected region); their pixel rays are cut
-   with the fitted plane (exact positions, free of depth noise) and the minimum-area rectangle around them,
-   grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the visible top face.
-   Its centre is the pick point, its long side the x axis.
+   Of the faces parallel to that one, the one with the most points: a band of floor or of a lower neighbour
+   inside the mask (colour-depth misregistration) is parallel too.
+4. Extent: the whole (uneroded) mask's pixels on the top plane (holes in the depth filled from their
+   neighbours, cut at the creases with the side planes; near the mask's edge only those within half the
+   tolerance, as a side seen edge-on is a strip just beyond the plane), every piece of it but specks: tape
+   and dark print leave holes too wide to fill that cut a top into pieces; their pixel rays are cut with the
+   plane refitted on all its pixels (exact positions, free of depth noise) and the minimum-area rectangle
+   around them, grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the
+   visible top face. Its centre is the pick point, its long side the x axis.
 
-A plane holds the points within inlier_sigmas times the carton's depth noise (kept within min_inlier_distance
-and max_inlier_distance), the noise measured from the depth itself (_depth_noise): tight on clean depth, so side
-faces do not creep into the top, loose on a noisy camera's.
+A plane holds the points within a tolerance no tighter than the camera's depth step at the carton's distance
+(depth_step_at_1m times z²: quantisation alone spreads a plane's points over it), nor than how flat carton tops
+are (min_inlier_distance), and otherwise inlier_sigmas times the depth noise measured from the depth itself
+(_depth_noise), up to max_inlier_distance: tight on clean depth, so side faces do not creep into the top, loose
+on a noisy camera's. The top's extent takes the tolerance its own points' spread calls for, if tighter.
 """
 
 import enum
@@ -41,6 +49,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from box_segmentation.camera_model import Intrinsics
 from box_segmentation.image_conversion import depth_encoding
 
 
@@ -54,34 +63,27 @@ class PoseStatus(enum.IntEnum):
     NO_TOP_FACE = 4
 
 
-class Intrinsics(NamedTuple):
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    @classmethod
-    def from_k(cls, k) -> "Intrinsics":
-        """From sensor_msgs/CameraInfo's row-major 3x3 K."""
-        return cls(float(k[0]), float(k[4]), float(k[2]), float(k[5]))
-
-
 @dataclass(frozen=True)
 class PoseParams:
     erode_px: int = 2  # mask erosion before fitting
     min_points: int = 50  # depth pixels a carton needs on its eroded mask...
     min_valid_fraction: float = 0.3  # ...and as a share of the eroded mask
     inlier_sigmas: float = 3.0  # a plane holds the points within this many sigmas of the carton's depth noise...
-    min_inlier_distance: float = 0.002  # ...never less than this, in metres...
+    noise_lag_px: int = 8  # ...(measured over this many pixels: a stereo camera's noise is correlated)...
+    depth_step_at_1m: float = 0.0025  # ...never less than the camera's depth step there, this at 1 m times z²...
+    min_inlier_distance: float = 0.005  # ...nor than how flat a carton top is (they bulge and sag), in metres...
     max_inlier_distance: float = 0.04  # ...nor more: depth noisier than that fits poorly, as it should
     fill_px: int = 4  # pixels without depth this close to ones with it take their face
+    edge_ring_px: int = 4  # this close to the mask's edge, a top pixel more than half the tolerance away is a side's
+    min_fragment: float = 0.02  # share of the top face's pixels below which a piece of it is a speck
     max_faces: int = 3  # planes looked for per carton: a top and two sides
     min_face_fraction: float = 0.05  # share of a carton's points a plane needs to count as a face
+    parallel_deg: float = 10.0  # faces this near parallel to the top candidate compete with it on points
     min_quality: float = 0.7  # share of points on faces below which the fit is poor
     max_top_tilt_deg: float = 30.0  # with `up`: largest angle between up and a top face's normal
-    ransac_iterations: int = 200
-    ransac_points: int = 300  # points each RANSAC hypothesis is scored on
-    max_fit_points: int = 2000  # a carton's points are thinned to this many for fitting
+    ransac_iterations: int = 60  # hypotheses per face, all cartons' scored at once
+    ransac_points: int = 150  # points each RANSAC hypothesis is scored on
+    max_fit_points: int = 1000  # a carton's points are thinned to this many for fitting
     seed: int = 0  # RANSAC's random stream: same frame, same poses
 
 
@@ -145,8 +147,18 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
     """
     rng = np.random.default_rng(params.seed)
     up = None if up is None else _unit(np.asarray(up, dtype=np.float64))
-    return [_carton_pose(instance.roi, instance.mask, depth_m, Intrinsics(*intrinsics), params, up, rng)
-            for instance in instances]
+    # Missing depth (NaN) and rays parallel to a plane (division by zero) are expected throughout, and their
+    # results (NaN, inf) compare false where it matters: one errstate for the frame, not one per small step.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, params) for instance in instances]
+        fitting = [i for i, fit in enumerate(fitted) if not isinstance(fit, CartonPose)]
+        faces = _find_faces([fitted[i].thinned for i in fitting], np.array([fitted[i].tolerance for i in fitting]),
+                            params, rng)
+        poses = list(fitted)
+        for i, (planes, owner) in zip(fitting, faces, strict=True):
+            poses[i] = _carton_pose(instances[i].roi, instances[i].mask, depth_m, intrinsics, params, up,
+                                    fitted[i], planes, owner)
+    return poses
 
 
 def pick_order(instances, poses: list[CartonPose], image_size: tuple[int, int], params: OrderParams = OrderParams(),
@@ -204,7 +216,19 @@ def quaternion_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, f
 # One carton
 
 
-def _carton_pose(roi, mask, depth_m, intrinsics, params, up, rng) -> CartonPose:
+class _Fit(NamedTuple):
+    """A carton's depth points: how many on its eroded mask, those few to fit planes to (float32), the inlier
+    distance, the camera's depth step there, and its window's pixel rays (Intrinsics.normalised_grid)."""
+
+    points: int
+    thinned: np.ndarray
+    tolerance: float
+    step: float
+    rays: tuple
+
+
+def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
+    """The carton's _Fit, or the CartonPose saying why there is too little depth for one."""
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
     has_depth = depth > 0  # NaN compares false
@@ -213,61 +237,86 @@ def _carton_pose(roi, mask, depth_m, intrinsics, params, up, rng) -> CartonPose:
     rows, cols = np.nonzero(eroded & has_depth)
     if len(rows) < max(params.min_points, params.min_valid_fraction * np.count_nonzero(eroded)):
         return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(rows))
-    points = _back_project(rows + y, cols + x, depth[rows, cols], intrinsics)
-    thinned = points[::-(-len(points) // params.max_fit_points)]  # evenly spread over the mask
-    tolerance = float(np.clip(params.inlier_sigmas * _depth_noise(depth, eroded & has_depth),
-                              params.min_inlier_distance, params.max_inlier_distance))
-    planes, owner = _find_faces(thinned, tolerance, params, rng)
+    every = -(-len(rows) // params.max_fit_points)  # evenly spread over the mask
+    thin_rows, thin_cols = rows[::every], cols[::every]
+    rays = intrinsics.normalised_grid(x, y, w, h)
+    z = depth[thin_rows, thin_cols]
+    thinned = np.column_stack([np.broadcast_to(rays[0], (h, w))[thin_rows, thin_cols] * z,
+                               np.broadcast_to(rays[1], (h, w))[thin_rows, thin_cols] * z, z])
+    # Never tighter than the camera's depth step there: quantisation alone spreads a plane's points over it.
+    step = params.depth_step_at_1m * float(np.median(z)) ** 2
+    noise = _depth_noise(depth, eroded & has_depth, params.noise_lag_px)
+    tolerance = float(np.clip(max(params.inlier_sigmas * noise, step), params.min_inlier_distance,
+                              params.max_inlier_distance))
+    return _Fit(len(rows), thinned, tolerance, step, rays)
+
+
+def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner):
+    """The pose from the faces found on the carton's fitting points."""
     quality = float(np.mean(owner >= 0)) if planes is not None else 0.0
     if planes is None or quality < params.min_quality:
-        return CartonPose(PoseStatus.POOR_FIT, quality, len(points))
-    top = _top_face(planes, thinned, owner, up, params)
+        return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
+    top = _top_face(planes, fit.thinned, owner, up, params)
     if top is None:
-        return CartonPose(PoseStatus.NO_TOP_FACE, quality, len(points))
-    face = _top_face_points(mask.astype(bool), depth, roi, planes, top, tolerance, intrinsics, params)
+        return CartonPose(PoseStatus.NO_TOP_FACE, quality, fit.points)
+    # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the top's
+    # extent takes only what that spread (or the depth step) explains, so a side's first pixels stay off it.
+    spread = 1.4826 * float(np.median(_depth_residuals(fit.thinned[owner == top], planes[top][None])))
+    tolerance = min(fit.tolerance, max(params.inlier_sigmas * spread, fit.step, params.min_inlier_distance))
+    x, y, w, h = roi
+    face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], planes, top, tolerance, fit.rays,
+                                   params)
     if len(face) < 3:  # the creases cut the whole face away: the planes are no box's
-        return CartonPose(PoseStatus.POOR_FIT, quality, len(points))
-    position, rotation, length, width = _face_rectangle(face, planes[top], intrinsics)
-    return CartonPose(PoseStatus.OK, quality, len(points), position, rotation, length, width)
+        return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
+    position, rotation, length, width = _face_rectangle(face, plane, intrinsics)
+    return CartonPose(PoseStatus.OK, quality, fit.points, position, rotation, length, width)
 
 
-def _back_project(v, u, z, intrinsics) -> np.ndarray:
-    return np.column_stack([(u - intrinsics.cx) * z / intrinsics.fx, (v - intrinsics.cy) * z / intrinsics.fy, z])
-
-
-def _depth_noise(depth, pixels) -> float:
+def _depth_noise(depth, pixels, lag) -> float:
     """Robust standard deviation (metres) of the depth noise over pixels, with no plane fitted.
 
     Inverse depth is affine in (u, v) on any plane, so its second differences along rows are noise alone
-    (variance 6 sigma² / Z⁴), except at creases, which the median ignores.
+    (variance 6 sigma² / Z⁴ for noise uncorrelated over `lag` pixels), except at creases, which the median
+    ignores. A stereo camera's noise is correlated over its matching window: differences between neighbours
+    would see almost none of it, hence the lag.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):  # pixels without depth, which `pixels` leaves out
-        inverse = 1 / depth
-        second = inverse[:, :-2] - 2 * inverse[:, 1:-1] + inverse[:, 2:]
-    inside = pixels[:, :-2] & pixels[:, 1:-1] & pixels[:, 2:]
+    depth, pixels = depth[::2], pixels[::2]  # every other row is plenty for one number
+    inverse = 1 / depth  # inf or NaN on pixels without depth, which `pixels` leaves out
+    second = inverse[:, :-2 * lag] - 2 * inverse[:, lag:-lag] + inverse[:, 2 * lag:]
+    inside = pixels[:, :-2 * lag] & pixels[:, lag:-lag] & pixels[:, 2 * lag:]
     if not inside.any():
         return 0.0
-    return float(1.4826 * np.median(np.abs(second[inside]) * depth[:, 1:-1][inside] ** 2) / math.sqrt(6))
+    return float(1.4826 * np.median(np.abs(second[inside]) * depth[:, lag:-lag][inside] ** 2) / math.sqrt(6))
 
 
-def _find_faces(points, tolerance, params, rng):
-    """(K, 4) planes n . p + d = 0 with n toward the camera and each point's plane index (-1: on none);
-    (None, None) when no face holds enough points."""
-    min_face = max(3, params.min_face_fraction * len(points))
-    planes, unexplained = [], np.ones(len(points), bool)
+def _find_faces(point_sets, tolerances, params, rng) -> list:
+    """Per carton, (K, 4) planes n . p + d = 0 with n toward the camera and each point's plane index (-1: on
+    none); (None, None) when no face holds enough points. Each round's RANSAC runs for all cartons at once."""
+    planes = [[] for _ in point_sets]
+    unexplained = [np.ones(len(points), bool) for points in point_sets]
+    min_face = [max(3, params.min_face_fraction * len(points)) for points in point_sets]
+    active = list(range(len(point_sets)))
     for _ in range(params.max_faces):
-        if np.count_nonzero(unexplained) < min_face:
+        active = [i for i in active if np.count_nonzero(unexplained[i]) >= min_face[i]]
+        if not active:
             break
-        plane = _ransac_plane(points[unexplained], tolerance, params, rng)
-        on_plane = unexplained & (_depth_residuals(points, plane[None])[:, 0] < tolerance)
-        if np.count_nonzero(on_plane) < min_face:
-            break
-        planes.append(_fit_plane(points[on_plane]))
-        unexplained &= ~on_plane
-    if not planes:
-        return None, None
-    # Planes found first take the points along shared edges: give each point to its nearest plane and refit.
-    planes = np.array(planes)
+        found = _ransac_planes([point_sets[i][unexplained[i]] for i in active], tolerances[active], params, rng)
+        still = []
+        for i, plane in zip(active, found, strict=True):
+            on_plane = unexplained[i] & (_depth_residuals(point_sets[i], plane[None])[:, 0] < tolerances[i])
+            if np.count_nonzero(on_plane) >= min_face[i]:
+                planes[i].append(_fit_plane(point_sets[i][on_plane]))
+                unexplained[i] &= ~on_plane
+                still.append(i)
+        active = still
+    return [_settle_faces(points, np.array(found), tolerance, least) if found else (None, None)
+            for points, found, tolerance, least in zip(point_sets, planes, tolerances, min_face, strict=True)]
+
+
+def _settle_faces(points, planes, tolerance, min_face):
+    """Planes found first take the points along shared edges: give each point to its nearest plane and refit."""
+    if len(planes) == 1:  # a lone plane shares no edge: fitted on its points already
+        return planes, _nearest_plane(points, planes, tolerance)
     for _ in range(2):
         owner = _nearest_plane(points, planes, tolerance)
         kept = [k for k in range(len(planes)) if np.count_nonzero(owner == k) >= min_face]
@@ -277,24 +326,44 @@ def _find_faces(points, tolerance, params, rng):
     return planes, _nearest_plane(points, planes, tolerance)
 
 
-def _ransac_plane(points, tolerance, params, rng) -> np.ndarray:
-    """The plane through three of the points that most of the others lie on, all hypotheses at once."""
-    scored = rng.choice(len(points), min(len(points), params.ransac_points), replace=False)
-    triples = points[rng.integers(0, len(points), (params.ransac_iterations, 3))]
-    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
-    lengths = np.linalg.norm(normals, axis=1)
-    normals /= np.maximum(lengths, 1e-12)[:, None]
-    planes = np.column_stack([normals, -np.einsum("ij,ij->i", normals, triples[:, 0])])
-    support = np.count_nonzero(_depth_residuals(points[scored], planes) < tolerance, axis=0)
+def _ransac_planes(point_sets, tolerances, params, rng) -> np.ndarray:
+    """(C, 4): per point set, the plane through three of its points that most of its others lie on.
+
+    All sets and all hypotheses at once: each set's hypotheses are scored on ransac_points of its points
+    (drawn with replacement), as one batched product.
+    """
+    counts = np.array([len(points) for points in point_sets])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pooled = np.concatenate(point_sets)
+    draws = len(point_sets), params.ransac_iterations
+    triples = pooled[starts[:, None, None] + (rng.random((*draws, 3)) * counts[:, None, None]).astype(np.int64)]
+    scored = pooled[starts[:, None] + (rng.random((len(point_sets), params.ransac_points))
+                                       * counts[:, None]).astype(np.int64)]
+    a, b = triples[:, :, 1] - triples[:, :, 0], triples[:, :, 2] - triples[:, :, 0]
+    normals = np.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1], a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+                        a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], axis=-1)
+    lengths = np.sqrt(np.sum(normals * normals, axis=-1))
+    normals /= np.maximum(lengths, 1e-12)[..., None]
+    offsets = -np.sum(normals * triples[:, :, 0], axis=-1)
+    # Depth residual |n . p + d| / |n . ray| below the tolerance, written without dividing: (C, S, I) at once.
+    rays = scored / scored[..., 2:]
+    n = normals.transpose(0, 2, 1)[:, :, None, :]  # (C, 3, 1, I)
+    distances = np.abs(scored[..., 0, None] * n[:, 0] + scored[..., 1, None] * n[:, 1] + scored[..., 2, None] * n[:, 2]
+                       + offsets[:, None, :])
+    slopes = np.abs(rays[..., 0, None] * n[:, 0] + rays[..., 1, None] * n[:, 1] + n[:, 2])
+    support = np.count_nonzero(distances < np.asarray(tolerances, np.float32)[:, None, None] * slopes, axis=1)
     support[lengths < 1e-9] = -1  # collinear triples
-    return planes[int(np.argmax(support))]
+    best = np.argmax(support, axis=1)
+    chosen = np.arange(len(point_sets))
+    return np.column_stack([normals[chosen, best], offsets[chosen, best]])
 
 
 def _fit_plane(points) -> np.ndarray:
     """Least-squares plane (n, d) with n toward the camera at the origin."""
-    centre = points.mean(axis=0)
+    centre = points.mean(axis=0, dtype=np.float64)
     offsets = points - centre
-    normal = np.linalg.eigh(offsets.T @ offsets)[1][:, 0]  # direction of least spread
+    # Direction of least spread: OpenCV's symmetric eigensolver, a fifth of numpy's time on a 3x3.
+    normal = cv2.eigen(offsets.T @ offsets)[2][2]
     if normal @ centre > 0:
         normal = -normal
     return np.append(normal, -normal @ centre)
@@ -308,63 +377,105 @@ def _depth_residuals(points, planes) -> np.ndarray:
     explaining anything.
     """
     rays = points / points[:, 2:]
-    with np.errstate(divide="ignore", invalid="ignore"):  # rays parallel to a plane never meet it: inf
-        return np.abs((points @ planes[:, :3].T + planes[:, 3]) / (rays @ planes[:, :3].T))
+    return np.abs((points @ planes[:, :3].T + planes[:, 3]) / (rays @ planes[:, :3].T))  # parallel rays: inf
 
 
 def _nearest_plane(points, planes, tolerance) -> np.ndarray:
     residuals = _depth_residuals(points, planes)
+    if len(planes) == 1:
+        return np.where(residuals[:, 0] < tolerance, 0, -1)
     nearest = np.argmin(residuals, axis=1)
     return np.where(residuals[np.arange(len(points)), nearest] < tolerance, nearest, -1)
 
 
 def _top_face(planes, points, owner, up, params) -> int | None:
+    """The face the top is: the most up (or, without up, the most squarely facing the camera), or the face
+    with the most points of those parallel to it (a band of the floor or of a lower neighbour inside the mask,
+    from colour-depth misregistration, is parallel to the top too)."""
     normals = planes[:, :3]
     if up is not None:
-        best = int(np.argmax(normals @ up))
-        return best if normals[best] @ up >= math.cos(math.radians(params.max_top_tilt_deg)) else None
-    # Cosine between a face's normal and the direction from the face to the camera: d / |centre| for a
-    # plane n . p + d = 0 through the centre of its points.
-    distances = np.array([np.linalg.norm(points[owner == k].mean(axis=0)) for k in range(len(planes))])
-    return int(np.argmax(planes[:, 3] / distances))
+        score = normals @ up
+        if score.max() < math.cos(math.radians(params.max_top_tilt_deg)):
+            return None
+    else:
+        # Cosine between a face's normal and the direction from the face to the camera: d / |centre| for a
+        # plane n . p + d = 0 through the centre of its points.
+        distances = np.array([np.linalg.norm(points[owner == k].mean(axis=0)) for k in range(len(planes))])
+        score = planes[:, 3] / distances
+    parallel = normals @ normals[int(np.argmax(score))] >= math.cos(math.radians(params.parallel_deg))
+    counts = np.bincount(owner[owner >= 0], minlength=len(planes))
+    return int(np.argmax(np.where(parallel, counts, -1)))
 
 
-def _top_face_points(mask, depth, roi, planes, top, tolerance, intrinsics, params) -> np.ndarray:
-    """(N, 3) points where the rays of the mask's top-face pixels meet the top plane (exact, free of depth noise).
+def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
+    """(N, 3) points where the rays of the mask's top-face pixels on its outline meet the top plane (exact, free
+    of depth noise), and that plane refitted on all of the mask's depth points on it. Whole-window arrays throughout:
+    a plane's depth at every pixel of the window is one broadcast expression.
 
-    Pixels with depth belong to their nearest plane (or none, when off every plane); pixels without depth
-    within fill_px of one with it (holes, sensor shadows along edges) go with the nearest such, so the face
-    reaches the mask's edge. The top face ends where a side begins: points beyond a plane square to the top
-    (the crease) go, which noise alone cannot place. Then the largest connected region.
+    Pixels with depth belong to their nearest plane, or to none when off every plane. Pixels without depth
+    (holes, sensor shadows) within fill_px of one with it go with the nearest such, so the face reaches the
+    mask's edge. The top face ends where a side begins: points beyond a plane square to the top (the crease)
+    go, which noise alone cannot place. What is left is the top face, in as many pieces as holes too wide to
+    fill (glossy tape, dark print) cut it into: every piece counts but specks (min_fragment of it).
     """
-    x, y = roi[:2]
-    rows, cols = np.nonzero(mask & (depth > 0))
-    face = np.zeros(mask.shape, np.int32)  # 0: no depth, 1: on no plane, k + 2: on plane k
-    face[rows, cols] = _nearest_plane(_back_project(rows + y, cols + x, depth[rows, cols], intrinsics),
-                                      planes, tolerance) + 2
-    no_depth = (face == 0).astype(np.uint8)
-    if no_depth.any():
+    has_depth = mask & (depth > 0)
+    measured = np.where(has_depth, depth, np.inf)
+    owner = np.full(depth.shape, -1)
+    nearest = np.full(depth.shape, np.float32(tolerance))
+    for k, other in enumerate(planes):
+        offset = measured - _plane_depth(other, rays)  # beyond the plane: positive
+        residual = np.abs(offset)
+        closer = residual < nearest
+        owner[closer] = k
+        nearest = np.where(closer, residual, nearest)
+        if k == top:
+            beyond_top = offset > tolerance / 2
+    # Along the mask's edge, a side seen edge-on shows as a strip of a few pixels just beyond the top plane:
+    # there, the far half of the tolerance is no longer top.
+    ring = mask & ~cv2.erode(mask.view(np.uint8), np.ones((2 * params.edge_ring_px + 1,) * 2, np.uint8)).view(bool)
+    owner[ring & beyond_top & (owner == top)] = -1
+    ray_x, ray_y = (np.broadcast_to(axis, depth.shape) for axis in rays)
+    rows, cols = np.nonzero(owner == top)
+    plane = planes[top]
+    if len(rows) >= 3:
+        z = depth[rows, cols]
+        plane = _fit_plane(np.column_stack([ray_x[rows, cols] * z, ray_y[rows, cols] * z, z]))
+    face = np.where(has_depth, owner + 2, 0)  # 0: no depth, 1: on no plane, k + 2: on plane k
+    if (mask & ~has_depth).any():
         # Labels number the pixels with depth in row-major order: look up each one's nearest.
+        no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-        face = np.where(gap <= params.fill_px, face[no_depth == 0][nearest - 1], 0)
+        face = np.where(gap <= params.fill_px, face[has_depth][nearest - 1], 0)
     rows, cols = np.nonzero(mask & (face == top + 2))
-    points = _on_plane(rows + y, cols + x, planes[top], intrinsics)
-    sides = planes[np.abs(planes[:, :3] @ planes[top, :3]) < 0.5]  # more than 60 degrees from the top
-    inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
-    if not inside.any():
-        return points[:0]
+    sides = planes[np.abs(planes[:, :3] @ plane[:3]) < 0.5]  # more than 60 degrees from the top
+    if len(sides):
+        points = _ray_points(ray_x[rows, cols], ray_y[rows, cols], plane)
+        inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
+        rows, cols = rows[inside], cols[inside]
+    if not len(rows):
+        return np.zeros((0, 3)), plane
     region = np.zeros(mask.shape, np.uint8)
-    region[rows[inside], cols[inside]] = 1
+    region[rows, cols] = 1
     _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return points[inside][labels[rows[inside], cols[inside]] == largest]
+    piece = stats[:, cv2.CC_STAT_AREA] >= params.min_fragment * len(rows)
+    piece[0] = False  # the background
+    # The rectangle around the pieces is the one around their outlines: a tenth of the points or fewer.
+    outline = region > cv2.erode(region, np.ones((3, 3), np.uint8))
+    keep = piece[labels[rows, cols]] & outline[rows, cols]
+    return _ray_points(ray_x[rows[keep], cols[keep]], ray_y[rows[keep], cols[keep]], plane), plane
 
 
-def _on_plane(v, u, plane, intrinsics) -> np.ndarray:
-    """Where the rays of pixels (u, v) meet a plane."""
-    rays = np.column_stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy,
-                            np.ones(len(u))])
-    return rays * (-plane[3] / (rays @ plane[:3]))[:, None]
+def _ray_points(x, y, plane) -> np.ndarray:
+    """(N, 3) where the rays (x, y, 1) meet the plane n . p + d = 0."""
+    z = -plane[3] / (plane[0] * x + plane[1] * y + plane[2])
+    return np.column_stack([x * z, y * z, z])
+
+
+def _plane_depth(plane, rays) -> np.ndarray:
+    """Depth at which each pixel's ray (x, y, 1) meets the plane n . p + d = 0: -d / (n . ray); inf or negative
+    where it never does (rays parallel to the plane, or meeting it behind the camera)."""
+    normal = plane[:3].astype(np.float32)
+    return np.float32(-plane[3]) / (normal[0] * rays[0] + normal[1] * rays[1] + normal[2])
 
 
 def _face_rectangle(points, plane, intrinsics):
@@ -372,7 +483,7 @@ def _face_rectangle(points, plane, intrinsics):
     normal = plane[:3]
     origin = points.mean(axis=0)
     e1 = _unit(np.array([1.0, 0.0, 0.0]) - normal[0] * normal)  # camera x laid onto the plane
-    e2 = np.cross(normal, e1)
+    e2 = _cross(normal, e1)
     in_plane = ((points - origin) @ np.column_stack([e1, e2])).astype(np.float32)
     (centre_s, centre_t), _, _ = rect = cv2.minAreaRect(in_plane)
     corners = cv2.boxPoints(rect)
@@ -381,7 +492,7 @@ def _face_rectangle(points, plane, intrinsics):
     x_axis = _unit(long_side[0] * e1 + long_side[1] * e2)
     if x_axis[0] < 0:  # of the two directions along the long edge, the one toward image right
         x_axis = -x_axis
-    rotation = np.column_stack([x_axis, np.cross(normal, x_axis), normal])
+    rotation = np.column_stack([x_axis, _cross(normal, x_axis), normal])
     position = origin + centre_s * e1 + centre_t * e2
     # The outermost pixel centres stop short of the face's edges: by half a pixel on edges along the pixel
     # grid, by almost nothing on slanted ones. Half a pixel in all is at most half a pixel off either way.
@@ -396,6 +507,11 @@ def _metres_per_pixel(point, direction, intrinsics) -> float:
     du = intrinsics.fx * (direction[0] * z - x * direction[2]) / z ** 2
     dv = intrinsics.fy * (direction[1] * z - y * direction[2]) / z ** 2
     return 1.0 / math.hypot(du, dv)
+
+
+def _cross(a, b) -> np.ndarray:
+    """a x b of two 3-vectors: np.cross costs a hundred times more on one pair."""
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
 
 def _unit(vector) -> np.ndarray:

@@ -123,19 +123,20 @@ def test_poses_are_computed_from_the_depth_paired_by_stamp(camera, scenes):
     assert int(values["frames without depth match"]) == 0 and values["poses mean (ms)"] != "nan"
 
 
-def test_32fc1_depth_twice_as_far_gives_poses_twice_as_far(camera, scenes):
-    """The same image with its depth in 32FC1 metres, doubled: the same masks, every pose scaled by two."""
+def test_32fc1_depth_in_metres_gives_the_same_poses(camera, scenes):
+    """The same image with its depth in 32FC1 metres: the same masks and poses as from 16UC1 millimetres.
+    (Not doubled: the fit's tolerance follows the camera's depth step, which grows with the distance squared.)"""
     scene = scenes[3]
-    _, near = camera.request(lambda: send(camera, scene, "near"))
-    doubled = (scene.depth * np.float32(2 / 1000)).astype(np.float32)
-    _, far = camera.request(lambda: send(camera, scene, "far", depth=doubled))
-    assert [box.mask for box in near.boxes] == [box.mask for box in far.boxes]
-    assert ok_boxes(near) and [box.id for box in ok_boxes(near)] == [box.id for box in ok_boxes(far)]
-    for a, b in zip(ok_boxes(near), ok_boxes(far), strict=True):
+    _, millimetres = camera.request(lambda: send(camera, scene, "millimetres"))
+    metres = (scene.depth * np.float32(1 / 1000)).astype(np.float32)
+    _, from_metres = camera.request(lambda: send(camera, scene, "metres", depth=metres))
+    assert [box.mask for box in millimetres.boxes] == [box.mask for box in from_metres.boxes]
+    assert ok_boxes(millimetres)
+    assert [box.id for box in ok_boxes(millimetres)] == [box.id for box in ok_boxes(from_metres)]
+    for a, b in zip(ok_boxes(millimetres), ok_boxes(from_metres), strict=True):
         for axis in "xyz":
-            assert getattr(b.pose.position, axis) == pytest.approx(2 * getattr(a.pose.position, axis), rel=1e-3,
-                                                                   abs=1e-4)
-        assert b.top_length == pytest.approx(2 * a.top_length, rel=1e-3)
+            assert getattr(b.pose.position, axis) == pytest.approx(getattr(a.pose.position, axis), abs=1e-5)
+        assert b.top_length == pytest.approx(a.top_length, abs=1e-5)
 
 
 def test_a_frame_without_depth_in_tolerance_is_published_without_poses(camera, scenes):
@@ -223,6 +224,24 @@ def test_bad_depth_parameters_are_fatal_in_one_line(tiny_checkpoint):
         fatal = [line for line in process.output.splitlines() if "[FATAL]" in line]
         assert len(fatal) == 1 and message in fatal[0], process.output
         assert "Traceback" not in process.output
+
+
+def test_camera_info_that_cannot_be_a_camera_is_counted_not_used(camera, scenes, node):
+    """fx = fy = 1e-30 once gave OK poses at x = -1.6e32 m."""
+    before = int(camera.status(STATUS, after=time.time())["frames without camera info"])
+    tiny = SimpleNamespace(fx=1e-30, fy=1e-30, cx=159.5, cy=119.5, width=WIDTH, height=HEIGHT)
+    deadline = time.monotonic() + 30  # best effort may drop a depth image; the warning shares a 5 s throttle
+    while True:
+        _, result = camera.request(lambda: send(camera, scenes[3], "tiny_focal", intrinsics=tiny))
+        assert result.boxes and all(box.pose_status == BoxMask.POSE_NONE for box in result.boxes)
+        values = camera.status(STATUS, after=time.time())
+        if (int(values["frames without camera info"]) > before
+                and "K's fx 1e-30 is no camera's for 320 pixels" in node.output):
+            break
+        assert time.monotonic() < deadline, "never counted and logged as no camera info"
+    assert "depth registration offset (px)" in values  # "unknown" or "dx, dy": the registration check's
+    _, result = camera.request(lambda: send(camera, scenes[3], "after_tiny_focal"))
+    assert any(box.pose_status == BoxMask.POSE_OK for box in result.boxes)
 
 
 def test_stops_cleanly(node, camera, scenes):

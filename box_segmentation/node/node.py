@@ -34,6 +34,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
+from box_segmentation.camera_model import CAMERA_GEOMETRIES, CameraInfoError, camera_model_from_info
 from box_segmentation.image_conversion import (
     ImageConversionError,
     compressed_to_rgb,
@@ -47,7 +48,8 @@ from box_segmentation.msg import BoxMasks
 from box_segmentation.node.diagnostics import Statistics
 from box_segmentation.node.frame_sync import DepthCache, LatestFrame
 from box_segmentation.node.visualization import draw_overlay, pick_markers
-from box_segmentation.pick_pose import CartonPose, Intrinsics, PoseStatus, depth_to_metres, estimate_poses, pick_order
+from box_segmentation.pick_pose import CartonPose, PoseStatus, depth_to_metres, estimate_poses, pick_order
+from box_segmentation.registration import RegistrationCheck
 from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
 
 NODE_NAME = "segment_node"
@@ -77,6 +79,9 @@ PARAMETERS = {
                         "rank. Empty: no depth, masks only. Read with input_reliability.", True),
     "camera_info_topic": ("", "sensor_msgs/CameraInfo of the colour camera (aligned depth shares its intrinsics), "
                               "e.g. /camera/color/camera_info. Required with depth_topic.", True),
+    "camera_geometry": ("raw", "How the colour (and aligned depth) images relate to camera_info, as "
+                               "image_geometry reads it: raw (image_raw: K, undoing the distortion D per pixel; what "
+                               "RealSense and Orbbec aligned depth publish) or rectified (image_rect: P).", True),
     "depth_sync_tolerance": (0.02, "Seconds: the largest stamp difference between a colour image and the depth "
                                    "image paired with it. A frame with no depth image that close gets no poses.",
                              True),
@@ -98,6 +103,8 @@ NO_POSE_REASONS = {"no depth match": "frames without depth match", "bad depth": 
 DEPTH_CACHE_SIZE = 10  # depth images kept for pairing: a third of a second at 30 Hz
 DEPTH_LATE_WAIT = 0.005  # seconds, beyond the tolerance, to wait after inference for a late depth image
 DIAGNOSTICS_PERIOD = 1.0  # seconds
+REGISTRATION_EVERY = 5  # frames with depth between colour-depth registration checks
+MAX_REGISTRATION_OFFSET = 2.0  # pixels of colour-depth misregistration above which /diagnostics warns
 BAD_FRAME_LOG_PERIOD = 5.0  # seconds between bad-frame warnings, so a broken camera cannot flood the log
 
 
@@ -160,6 +167,7 @@ class SegmentNode(Node):
         self._up = np.array(p["up_in_camera"]) if p["up_in_camera"] else None
         self._depth_cache = DepthCache(DEPTH_CACHE_SIZE)
         self._camera_info = None  # the latest: intrinsics rarely change
+        self._registration = RegistrationCheck(every=REGISTRATION_EVERY)
         # A few images of slack: the cache, not the middleware, decides which ones are kept.
         depth_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=input_qos.reliability,
                                durability=DurabilityPolicy.VOLATILE)
@@ -184,7 +192,7 @@ class SegmentNode(Node):
                 kind = "list of floats" if default == [] else type(default).__name__
                 raise StartupError(f"parameter {name} must be a {kind}: {error}") from error
             values[name] = default if value is None else value
-        choices = {"input_type": CONVERTERS, "input_reliability": RELIABILITY}
+        choices = {"input_type": CONVERTERS, "input_reliability": RELIABILITY, "camera_geometry": CAMERA_GEOMETRIES}
         for name, allowed in choices.items():
             if values[name] not in allowed:
                 raise StartupError(f"parameter {name} must be one of {sorted(allowed)}, not {values[name]!r}")
@@ -300,14 +308,17 @@ class SegmentNode(Node):
                                       throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
             return []
         info = self._camera_info
-        if info is None or (info.width, info.height) != (width, height) or not (info.k[0] > 0 and info.k[4] > 0):
+        try:
+            if info is None:
+                raise CameraInfoError(f"no CameraInfo yet on {self._params['camera_info_topic']}")
+            if (info.width, info.height) != (width, height):
+                raise CameraInfoError(f"CameraInfo is {info.width}x{info.height} but the colour image is "
+                                      f"{width}x{height}: it must be the colour camera's")
+            intrinsics = camera_model_from_info(info, self._params["camera_geometry"])
+        except CameraInfoError as error:
             self._count_no_poses(result, "no camera info")
-            self.get_logger().warning(
-                "frame published without poses: " + (
-                    f"no CameraInfo yet on {self._params['camera_info_topic']}" if info is None else
-                    f"CameraInfo is {info.width}x{info.height} with fx {info.k[0]}, fy {info.k[4]} but the colour "
-                    f"image is {width}x{height}: it must be the colour camera's, calibrated"),
-                throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
+            self.get_logger().warning(f"frame published without poses: {error}",
+                                      throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
             return []
         try:
             depth_m = depth_to_metres(depth_image_to_array(depth), depth.encoding, (height, width),
@@ -317,7 +328,9 @@ class SegmentNode(Node):
             self.get_logger().error(f"frame published without poses: {error}",
                                     throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
             return []
-        poses = estimate_poses(instances, depth_m, Intrinsics.from_k(info.k), up=self._up)
+        self._registration.add(instances, depth_m)
+        depth_m = self._registration.corrected(depth_m)  # moved back by the misregistration found, if any
+        poses = estimate_poses(instances, depth_m, intrinsics, up=self._up)
         add_poses(result, poses, pick_order(instances, poses, (height, width), up=self._up))
         for pose in poses:
             self._stats.count(f"pose {pose.status.name}")
@@ -356,23 +369,30 @@ class SegmentNode(Node):
             "failed frames": str(totals["failed"]),
         }
         with_depth = self._depth_cache is not None
+        offset = None
         if with_depth:
             values["depth images received"] = str(totals["depth received"])
             values.update({key: str(totals[event]) for event, key in NO_POSE_REASONS.items()})
             # Cartons by pose status, e.g. "poses SPARSE_DEPTH": why cartons get no pick.
             values.update({f"poses {status.name}": str(totals[f"pose {status.name}"]) for status in PoseStatus})
+            offset = self._registration.offset()
+            values["depth registration offset (px)"] = "unknown" if offset is None else "{:.1f}, {:.1f}".format(*offset)
         for stage in (*STAGES, "age"):
             if stage != "poses" or with_depth:
                 values[f"{stage} mean (ms)"] = milliseconds(times[stage], np.mean)
                 values[f"{stage} max (ms)"] = milliseconds(times[stage], max)
 
         without_poses = [event for event in NO_POSE_REASONS if counts[event]]
+        misregistered = offset is not None and np.hypot(*offset) > MAX_REGISTRATION_OFFSET
         if counts["failed"]:
             level, message = DiagnosticStatus.ERROR, "segmentation failing"
         elif counts["bad"]:
             level, message = DiagnosticStatus.WARN, "bad input images"
         elif without_poses:
             level, message = DiagnosticStatus.WARN, "frames without poses: " + ", ".join(without_poses)
+        elif misregistered:
+            level, message = DiagnosticStatus.WARN, (f"depth image {np.hypot(*offset):.1f} px off the colour image: "
+                                                     "check the depth-to-colour calibration")
         elif not counts["received"]:
             level, message = DiagnosticStatus.OK, "waiting for images"
         else:
