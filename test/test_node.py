@@ -15,6 +15,7 @@ import pytest
 import rclpy
 import torch
 import yaml
+from diagnostic_msgs.msg import DiagnosticStatus
 from lifecycle_msgs.msg import Transition
 from node_harness import CONFIG, IMAGE_TOPIC, REPO, NodeProcess, Probe, carton_image, stamp_seconds
 from rcl_interfaces.msg import Parameter as ParameterMsg
@@ -27,6 +28,8 @@ from sensor_msgs.msg import Image
 from box_segmentation.messages import stamp_ns
 from box_segmentation.model import read_checkpoint
 from box_segmentation.node.configuration import PARAMETERS, ConfigurationError, load_segmenter, validated
+from box_segmentation.node.diagnostics import Statistics, camera_status
+from box_segmentation.node.frame_sync import Frame, LatestFrames, PendingRequests, Request
 from box_segmentation.node.node import SegmentNode
 from box_segmentation.srv import Segment
 
@@ -394,6 +397,38 @@ def test_a_fatal_start_exits_non_zero_with_one_line(tmp_path):
     fatal = [line for line in node.output.splitlines() if "[FATAL]" in line]
     assert len(fatal) == 1 and "does not exist" in fatal[0], node.output
     assert "Traceback" not in node.output
+
+
+def test_mailbox_keeps_the_newest_frame_per_camera_and_its_requests():
+    mailbox, pending = LatestFrames(), PendingRequests()
+    early, late = Request("left", after=100), Request("left", after=300)
+    for request in (early, late):
+        pending.add(request)
+    assert pending.claim("right", 500) == [] and pending.claim("left", 200) == [early]
+    assert not mailbox.put("left", Frame("left", "frame 200", [early]))
+    assert mailbox.put("left", Frame("left", "frame 250"))  # replaces frame 200, which is dropped
+    assert not mailbox.put("right", Frame("right", "right 260"))
+    frames = mailbox.take()
+    assert [(f.camera, f.msg) for f in frames] == [("left", "frame 250"), ("right", "right 260")]
+    assert frames[0].requests == [early], "a replaced frame's request moves onto the newer frame"
+    mailbox.put("left", Frame("left", "frame 400", pending.claim("left", 400)))
+    mailbox.close()
+    assert mailbox.take() is None
+    assert late.wait(0) and late.result is None and "deactivated" in late.reason
+
+
+def test_diagnostics_status_says_what_is_wrong_first():
+    stats = Statistics()
+    for event in ("received", "received", "published", "dropped", "bad", "batched"):
+        stats.count(event)
+    status = camera_status("segment_node: segmentation (left)", "cpu", stats, 1.0, with_depth=False)
+    values = {kv.key: kv.value for kv in status.values}
+    assert (status.level, status.message) == (DiagnosticStatus.WARN, "bad input images")
+    assert (values["frames dropped"], values["frames batched"], values["input rate (Hz)"]) == ("1", "1", "2.0")
+    stats.count("failed")
+    assert camera_status("x", "cpu", stats, 1.0, False).level == DiagnosticStatus.ERROR
+    quiet = camera_status("x", "cpu", stats, 1.0, False)  # a new window: totals stay, the rates restart
+    assert quiet.message == "waiting for images" and {kv.key: kv.value for kv in quiet.values}["bad frames"] == "1"
 
 
 def test_config_file_holds_every_parameter_at_its_default():

@@ -107,10 +107,6 @@ class PendingRequests:
             self._requests = [r for r in self._requests if r not in claimed]
         return claimed
 
-    def any_for(self, camera: str) -> bool:
-        with self._lock:
-            return any(r.camera == camera for r in self._requests)
-
     def withdraw(self, request: Request) -> None:
         """Forgets a request that timed out before any frame claimed it."""
         with self._lock:

@@ -414,31 +414,49 @@ class SegmentNode(LifecycleNode):
         self._release()
 
 
-def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = executor = None
-    try:
-        node = SegmentNode()
-        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
-        executor.add_node(node)
-        if node.autostart:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1  # configure logged why
-            node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C or SIGTERM: a normal stop
-    finally:
-        # Stopping is bounded (the worker gets 10 s for its batch): a second Ctrl-C or SIGTERM meanwhile is
-        # ignored rather than breaking the stop off halfway with a traceback.
+def stop_on_first_signal() -> None:
+    """Makes SIGINT and SIGTERM request one stop, and any later one harmless.
+
+    Ctrl-C under `ros2 launch` arrives twice (the terminal's SIGINT, then launch's own), and a supervisor may
+    repeat SIGTERM: a repeat must not interrupt the shutdown with a KeyboardInterrupt (or kill it by SIGTERM's
+    default action). Installed before rclpy.init(), whose handlers shut the context down, wake the executor and
+    then chain to this one; nothing raises, so no half-done call is cut short.
+    """
+    def ignore_further_signals(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    signal.signal(signal.SIGINT, ignore_further_signals)
+    signal.signal(signal.SIGTERM, ignore_further_signals)
+
+
+def main(args=None) -> int:
+    stop_on_first_signal()
+    rclpy.init(args=args)
+    # Made before the slow start-up, so that a stop signal during it cannot catch it half-built.
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    node = None
+    try:
+        node = SegmentNode()
+        executor.add_node(node)
+        if node.autostart:
+            started = (node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+                       and node.trigger_activate() == TransitionCallbackReturn.SUCCESS)
+            if not started:  # configure said why, in one line; or a stop signal came during start-up
+                return 1 if rclpy.ok() else 0
+        executor.spin()
+    except ExternalShutdownException:
+        pass  # Ctrl-C or SIGTERM: a normal stop
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A stop signal shut the context down under an rclpy call in progress: a normal stop too.
+    finally:
         if node is not None:
             node.stop()
             node.destroy_node()
-        if executor is not None:
-            executor.shutdown()
-        rclpy.try_shutdown(uninstall_handlers=False)
+        executor.shutdown()
+        rclpy.try_shutdown()
     return 0
 
 
