@@ -35,7 +35,8 @@ class NodeProcess:
         for param in params:
             command += ["-p", param]
         # One torch thread: two threads fighting other processes for 2 shared cores run 3-10x slower.
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        # Python's fault handler: a node that hangs is aborted by wait() and shows every thread's stack.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
         self.process = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
         self._lines = []
@@ -51,7 +52,17 @@ class NodeProcess:
         return "".join(self._lines)
 
     def wait(self, timeout: float = 60.0) -> int:
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # the fault handler prints where it hangs
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self._reader.join(timeout=5)
+            raise AssertionError(f"segment_node still running after {timeout} s:\n{self.output}") from None
         self._reader.join(timeout=5)
         return code
 
@@ -65,11 +76,7 @@ class NodeProcess:
     def stop(self, sig=signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        try:
-            return self.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
+        return self.wait(timeout)
 
 
 def stamp_seconds(header) -> float:
