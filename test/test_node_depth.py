@@ -32,6 +32,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from box_segmentation.msg import BoxMask
 from box_segmentation.node.frame_sync import DEPTH_ARRIVING_WITHIN, DepthCache
+from box_segmentation.srv import Segment
 
 READY = "active:"
 STATUS = "segment_node: segmentation"
@@ -190,6 +191,15 @@ def test_pose_array_and_markers_are_published_for_subscribers(camera, scenes):
     for marker, box in zip(cubes, picks, strict=True):  # the message's sizes are float32
         assert (marker.scale.x, marker.scale.y) == pytest.approx((box.top_length, box.top_width), rel=1e-6)
     assert [m.text for m in texts] == [str(box.pick_rank) for box in picks]
+
+
+def test_segment_service_answers_with_poses(camera, scenes):
+    """An image given with the request pairs with the depth image of its stamp, as a camera frame does."""
+    image = send(camera, scenes[3], "asked")
+    response = camera.call(Segment, "/segment_node/segment", Segment.Request(image=image, timeout=10.0))
+    assert response.success, response.message
+    assert response.result.header == image.header and ok_boxes(response.result)
+    assert all(box.pose_status != BoxMask.POSE_NONE for box in response.result.boxes)
 
 
 def test_depth_cache_pairs_the_closest_stamp_within_tolerance():

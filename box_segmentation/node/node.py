@@ -102,12 +102,11 @@ class Camera:
                 self.markers = node.create_lifecycle_publisher(MarkerArray, topic(name, "box_masks/markers"),
                                                                QoSProfile(**LATEST | reliable))
 
-    def subscriber(self, node: "SegmentNode", group):
-        """subscribe(message_type, name, callback, qos): a subscription to this camera's input name."""
-        def subscribe(message_type, name, callback, qos):
-            self.subscriptions.append(node.create_subscription(message_type, topic(self.name, name), callback, qos,
-                                                               callback_group=group))
-        return subscribe
+    def subscribe(self, node: "SegmentNode", message_type, name: str, callback, qos: QoSProfile) -> None:
+        """A subscription to this camera's input name, calling callback(self, msg)."""
+        self.subscriptions.append(node.create_subscription(message_type, topic(self.name, name),
+                                                           lambda msg: callback(self, msg), qos,
+                                                           callback_group=node.input_group))
 
     def publishers(self) -> list:
         return [p for p in (self.results, self.debug_images, self.poses, self.markers) if p is not None]
@@ -126,7 +125,7 @@ class SegmentNode(LifecycleNode):
         self._requests = PendingRequests()
         self._active = False
         self._last_logged = {}
-        self._input_group = MutuallyExclusiveCallbackGroup()
+        self.input_group = MutuallyExclusiveCallbackGroup()
         self.create_service(Segment, "~/segment", self._on_segment, callback_group=MutuallyExclusiveCallbackGroup())
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
@@ -171,12 +170,10 @@ class SegmentNode(LifecycleNode):
                                durability=DurabilityPolicy.VOLATILE)
         self._mailbox = LatestFrames()
         for camera in self._cameras.values():
-            subscribe = camera.subscriber(self, self._input_group)
-            subscribe(message_type, image_topic, lambda msg, c=camera: self._on_image(c, msg), input_qos)
+            camera.subscribe(self, message_type, image_topic, self._on_image, input_qos)
             if camera.depth_cache is not None:
-                subscribe(Image, "depth", lambda msg, c=camera: self._on_depth(c, msg), depth_qos)
-                subscribe(CameraInfo, "camera_info", lambda msg, c=camera: setattr(c, "camera_info", msg),
-                          input_qos)
+                camera.subscribe(self, Image, "depth", self._on_depth, depth_qos)
+                camera.subscribe(self, CameraInfo, "camera_info", self._on_camera_info, input_qos)
         self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
         self._worker.start()
         self._active = True
@@ -253,6 +250,9 @@ class SegmentNode(LifecycleNode):
     def _on_depth(self, camera: Camera, msg) -> None:
         camera.stats.count("depth received")
         camera.depth_cache.put(msg)
+
+    def _on_camera_info(self, camera: Camera, msg) -> None:
+        camera.camera_info = msg  # the latest: intrinsics rarely change
 
     def _on_segment(self, request, response):
         camera = request.camera
