@@ -8,9 +8,9 @@ The node runs in its own process, started with config/segment.yaml as a user wou
   throughput: frames at --rate Hz for --seconds: results per second, frames dropped (the node
               keeps only the newest), and the age of each result (receive time - stamp).
 
-Frames travel reliable by default (camera and node input_reliability): over Fast DDS with
-default socket buffers, best-effort loses most frames of about 1 MB (640x480 rgb8) on loopback,
-which would measure DDS rather than the node. --reliability best_effort shows that case.
+Frames travel reliable by default (camera and node input_reliability). Both processes load
+config/fastdds_large_frames.xml, as the launch file has the node do: without it, best effort loses
+most frames of about 1 MB (640x480 rgb8) between processes. --reliability best_effort shows that case.
 
 Without --checkpoint, a random-weights checkpoint of the small model (maskrcnn_resnet18_fpn at
 min_size 128, at most 5 detections) is written to a temporary folder: right for the node's
@@ -40,6 +40,7 @@ from synthetic import render_scene  # noqa: E402
 
 from box_segmentation.image_conversion import rgb_to_imgmsg_fields  # noqa: E402
 from box_segmentation.msg import BoxMasks  # noqa: E402
+from box_segmentation.node.fastdds import use_profile  # noqa: E402
 
 SHIPPED_MODEL = REPO / "models" / "carton_r18_synthetic.pt"
 IMAGE_TOPIC = "/camera/color/image_raw"
@@ -52,7 +53,7 @@ def start_node(checkpoint: Path, device: str, reliability: str, threads: int | N
     return subprocess.Popen(
         [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file",
          str(REPO / "config" / "segment.yaml"), "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
-         "-p", f"image_topic:={IMAGE_TOPIC}", "-p", f"input_reliability:={reliability}"],
+         "-p", f"input_reliability:={reliability}", "-r", f"image:={IMAGE_TOPIC}"],
         env=env, cwd=REPO, **popen)
 
 
@@ -113,6 +114,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the node (default: torch's choice)")
     args = parser.parse_args()
 
+    use_profile()  # for this process and the node
     node = start_node(args.checkpoint, args.device, args.reliability, args.threads)
     rclpy.init()
     try:

@@ -105,20 +105,35 @@ class Segmenter:
 
     def __call__(self, rgb: np.ndarray) -> list[Instance]:
         """Instances in an (H, W, 3) uint8 RGB image (any strides), sorted by score, highest first."""
-        if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
-                and rgb.size > 0):
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {getattr(rgb, 'shape', type(rgb))} "
-                             f"{getattr(rgb, 'dtype', '')}")
-        height, width = rgb.shape[:2]
+        return self.segment_batch([rgb])[0]
+
+    def segment_batch(self, images: list[np.ndarray]) -> list[list[Instance]]:
+        """The instances of each image, as __call__ gives them, from one batched forward pass (images of different
+        sizes are padded together, as torchvision batches them): several cameras on one model."""
+        for rgb in images:
+            if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+                    and rgb.size > 0):
+                raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {getattr(rgb, 'shape', type(rgb))} "
+                                 f"{getattr(rgb, 'dtype', '')}")
+        sizes = [rgb.shape[:2] for rgb in images]
         start = time.perf_counter()
+        results = []
         with torch.inference_mode():
-            image = self._to_tensor(rgb)
+            tensors = [self._to_tensor(rgb) for rgb in images]
             preprocessed = self._sync()
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
-                boxes, scores, labels, mask_probs = self._detect(image, (height, width))
+                detections = self._detect(tensors, sizes)
             inferred = self._sync()
-            crops = masks_in_boxes(mask_probs, boxes, (height, width), self.mask_threshold)
-            boxes, scores, labels = boxes.float().cpu().tolist(), scores.float().cpu().tolist(), labels.cpu().tolist()
+            for (boxes, scores, labels, mask_probs), size in zip(detections, sizes, strict=True):
+                crops = masks_in_boxes(mask_probs, boxes, size, self.mask_threshold)
+                results.append(self._instances(boxes.float().cpu().tolist(), scores.float().cpu().tolist(),
+                                               labels.cpu().tolist(), crops))
+        done = time.perf_counter()
+        self.last_timings = {"preprocess": preprocessed - start, "infer": inferred - preprocessed,
+                             "postprocess": done - inferred, "total": done - start}
+        return results
+
+    def _instances(self, boxes, scores, labels, crops) -> list[Instance]:
         instances = []
         for box, score, label, crop in zip(boxes, scores, labels, crops, strict=True):
             shape = describe(crop)
@@ -129,9 +144,6 @@ class Segmenter:
                 roi=shape.roi, mask=shape.mask, area=shape.area, centroid=shape.centroid,
                 rotated_rect=shape.rotated_rect))
         instances.sort(key=lambda instance: instance.score, reverse=True)
-        done = time.perf_counter()
-        self.last_timings = {"preprocess": preprocessed - start, "infer": inferred - preprocessed,
-                             "postprocess": done - inferred, "total": done - start}
         return instances
 
     def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
@@ -149,16 +161,16 @@ class Segmenter:
             image[target].copy_(stored[source])
         return image.div_(255.0)
 
-    def _detect(self, image: torch.Tensor, original_size: tuple[int, int]):
-        # MaskRCNN.forward minus transform.postprocess: boxes scaled back, masks left at 28x28.
+    def _detect(self, images: list[torch.Tensor], original_sizes: list[tuple[int, int]]) -> list[tuple]:
+        # MaskRCNN.forward minus transform.postprocess: per image, boxes scaled back and masks left at 28x28.
         model = self.model
-        images, _ = model.transform([image])
-        features = model.backbone(images.tensors)
-        proposals, _ = model.rpn(images, features)
-        detections, _ = model.roi_heads(features, proposals, images.image_sizes)
-        found = detections[0]
-        boxes = resize_boxes(found["boxes"].float(), images.image_sizes[0], original_size)
-        return boxes, found["scores"], found["labels"], found["masks"][:, 0]
+        batch, _ = model.transform(images)
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        return [(resize_boxes(found["boxes"].float(), size, original_size), found["scores"], found["labels"],
+                 found["masks"][:, 0])
+                for found, size, original_size in zip(detections, batch.image_sizes, original_sizes, strict=True)]
 
     def _sync(self) -> float:
         if self.device.type == "cuda":

@@ -28,6 +28,7 @@ from synthetic import generate_dataset  # noqa: E402
 from box_segmentation.evaluation.bag import from_dataset  # noqa: E402
 from box_segmentation.evaluation.live_replay import replay_live  # noqa: E402
 from box_segmentation.model import read_checkpoint  # noqa: E402
+from box_segmentation.node.fastdds import use_profile  # noqa: E402
 
 SHIPPED_MODEL = REPO / "models" / "carton_r18_synthetic.pt"
 IMAGE_TOPIC = "/demo/camera/color/image_raw"
@@ -65,7 +66,7 @@ def coco_weights_available() -> bool:
 def replay_into_node(checkpoint: Path, bag: Path, annotations: dict) -> dict:
     command = [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file",
                str(REPO / "config" / "segment.yaml"), "-p", f"checkpoint:={checkpoint}",
-               "-p", f"image_topic:={IMAGE_TOPIC}", "-p", "input_reliability:=reliable"]
+               "-p", "input_reliability:=reliable", "-r", f"image:={IMAGE_TOPIC}"]
     print(f"\n== live replay into segment_node\n$ {' '.join(command)}", flush=True)
     node = subprocess.Popen(command, cwd=REPO)
     try:
@@ -82,6 +83,7 @@ def main() -> int:
     parser.add_argument("--val-images", type=int, default=40)
     args = parser.parse_args()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    use_profile()  # the node and the replay exchange 640x480 frames, as segment.launch.py sets them up
     gpu = torch.cuda.is_available()
     started = time.monotonic()
 

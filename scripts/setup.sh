@@ -26,7 +26,7 @@ if ! step_done requirements "$requirements_hash"; then
 fi
 
 mkdir -p build
-messages_hash=$( (cat msg/*.msg CMakeLists.txt package.xml; echo "$requirements_hash") | sha256sum | cut -c1-16)
+messages_hash=$( (cat msg/*.msg srv/*.srv CMakeLists.txt package.xml; echo "$requirements_hash") | sha256sum | cut -c1-16)
 if ! step_done messages "$messages_hash"; then
   echo "setup: generating messages with CMake"
   # The wheels' CMake configs name include folders of the manylinux image they were built

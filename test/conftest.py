@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from box_segmentation.node.fastdds import use_profile
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Set before anything imports rclpy; subprocesses inherit them.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+# Camera-sized frames between processes on one host, as segment.launch.py runs the node (README: Fast DDS).
+use_profile()
 # The training scripts import their sibling modules flat, as torchvision's references do.
 sys.path.insert(0, str(REPO / "training"))
 

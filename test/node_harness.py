@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -33,7 +35,8 @@ class NodeProcess:
         for param in params:
             command += ["-p", param]
         # One torch thread: two threads fighting other processes for 2 shared cores run 3-10x slower.
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        # Python's fault handler: a node that hangs is aborted by wait() and shows every thread's stack.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
         self.process = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
         self._lines = []
@@ -49,7 +52,17 @@ class NodeProcess:
         return "".join(self._lines)
 
     def wait(self, timeout: float = 60.0) -> int:
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # the fault handler prints where it hangs
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self._reader.join(timeout=5)
+            raise AssertionError(f"segment_node still running after {timeout} s:\n{self.output}") from None
         self._reader.join(timeout=5)
         return code
 
@@ -63,11 +76,7 @@ class NodeProcess:
     def stop(self, sig=signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        try:
-            return self.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
+        return self.wait(timeout)
 
 
 def stamp_seconds(header) -> float:
@@ -93,6 +102,7 @@ class Probe:
         self.images = self.node.create_publisher(Image, IMAGE_TOPIC, camera_qos)
         self.compressed = self.node.create_publisher(CompressedImage, IMAGE_TOPIC + "/compressed", camera_qos)
         self.results = {}  # topic -> [(receive time, BoxMasks)]
+        self._clients = {}
         self.diagnostics = []  # [(receive time, DiagnosticArray)]
         self.node.create_subscription(DiagnosticArray, "/diagnostics",
                                       lambda msg: self.diagnostics.append((time.time(), msg)),
@@ -101,6 +111,32 @@ class Probe:
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._executor.spin, daemon=True)
         self._thread.start()
+
+    def publisher(self, topic: str, message_type=Image):
+        """A best-effort publisher, as camera drivers publish."""
+        return self.node.create_publisher(message_type, topic, QoSProfile(depth=1,
+                                                                          reliability=ReliabilityPolicy.BEST_EFFORT))
+
+    def call(self, service_type, name: str, request, timeout: float = 30.0):
+        """The response of service name to request, from the probe's own process."""
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(service_type, name)
+        assert client.wait_for_service(timeout_sec=timeout), f"no service {name}"
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            assert time.monotonic() < deadline, f"no response from {name} within {timeout} s"
+            time.sleep(0.01)
+        return future.result()
+
+    def change_state(self, node: str, transition: int) -> bool:
+        """Drives a lifecycle node through transition (lifecycle_msgs/Transition.TRANSITION_*) as a manager does."""
+        return self.call(ChangeState, f"{node}/change_state", ChangeState.Request(
+            transition=Transition(id=transition))).success
+
+    def state(self, node: str) -> str:
+        return self.call(GetState, f"{node}/get_state", GetState.Request()).current_state.label
 
     def listen(self, topic: str = "/box_masks", message_type=BoxMasks) -> list:
         """The list that collects (receive time, message) from topic."""
@@ -111,6 +147,7 @@ class Probe:
         return self.results[topic]
 
     def image(self, rgb: np.ndarray, frame_id: str = "camera", encoding: str = "rgb8") -> Image:
+        """An Image of rgb stamped now."""
         msg = Image(**rgb_to_imgmsg_fields(rgb, encoding))
         msg.header.frame_id = frame_id
         msg.header.stamp = self.node.get_clock().now().to_msg()

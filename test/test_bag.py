@@ -104,9 +104,10 @@ def test_output_bag_reads_back_to_the_segmenter_masks(bag, trained_checkpoint, t
 
 
 def test_live_replay_accounts_for_every_frame(bag, trained_checkpoint, tmp_path):
-    node = NodeProcess(f"checkpoint:={trained_checkpoint}", "input_reliability:=reliable")
+    node = NodeProcess(f"checkpoint:={trained_checkpoint}", "input_reliability:=reliable",
+                       ros_args=("-r", f"image:={TOPIC}"))
     try:
-        node.wait_for_output("ready:")
+        node.wait_for_output("active:")
         report_path = tmp_path / "live.json"
         code = main(["replay", str(bag), "--live", "--rate", "4", "--report", str(report_path), "--timeout", "30"])
         assert code == 0

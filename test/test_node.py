@@ -1,24 +1,43 @@
-"""segment_node end to end: the node in its own process, images in and BoxMasks out over real DDS.
+"""segment_node end to end: the node in its own process, images in and BoxMasks out over real DDS, its lifecycle and
+~/segment driven from this process as a cell controller would; parameter validation in-process.
 
-Each node configuration starts once per module; the last test stops them and checks the exit.
+Each node configuration starts once per module, all side by side; the last test stops them and checks the exit.
 """
 
 import ast
 import signal
+import threading
 import time
+import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
 import rclpy
+import torch
 import yaml
-from node_harness import CONFIG, REPO, NodeProcess, Probe, carton_image, stamp_seconds
+from diagnostic_msgs.msg import DiagnosticStatus
+from lifecycle_msgs.msg import Transition
+from node_harness import CONFIG, IMAGE_TOPIC, REPO, NodeProcess, Probe, carton_image, stamp_seconds
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
+from box_segmentation.messages import stamp_ns
 from box_segmentation.model import read_checkpoint
-from box_segmentation.node.node import PARAMETERS
+from box_segmentation.node.configuration import PARAMETERS, ConfigurationError, load_segmenter, validated
+from box_segmentation.node.diagnostics import Statistics, camera_status
+from box_segmentation.node.frame_sync import Frame, LatestFrames, PendingRequests, Request
+from box_segmentation.node.node import SegmentNode
+from box_segmentation.srv import Segment
 
-READY = "ready:"
+ACTIVE = "active:"
 STATUS = "segment_node: segmentation"
+LIFECYCLE = "/cell/segment_node"  # autostart false, continuous false: the cell asks for each frame
+CELL_CAMERA = "/cell_camera/image"
+PAIR_STATUS = "pair/segment_node: segmentation ({})"  # two cameras, left and right, one model
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +46,25 @@ def checkpoint_config(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def raw_node(tiny_checkpoint):
-    """The shipped config/segment.yaml with only the checkpoint given."""
-    node = NodeProcess(f"checkpoint:={tiny_checkpoint}")
-    yield node
-    node.stop()
-
-
-@pytest.fixture(scope="module")
-def compressed_node(tiny_checkpoint):
-    # Its own namespace, so its relative output topic is /compressed/box_masks.
-    node = NodeProcess(f"checkpoint:={tiny_checkpoint}", "input_type:=compressed", ros_args=("-r", "__ns:=/compressed"))
-    yield node
-    node.stop()
+def nodes(tiny_checkpoint, tmp_path_factory):
+    """Every node process of this module, started together: one start-up wait."""
+    nodes = {
+        # Exits at once: its checkpoint does not exist.
+        "fatal": NodeProcess(f"checkpoint:={tmp_path_factory.mktemp('fatal') / 'missing.pt'}"),
+        # The shipped config/segment.yaml with only the checkpoint given; its input remapped as users do.
+        "raw": NodeProcess(f"checkpoint:={tiny_checkpoint}", ros_args=("-r", f"image:={IMAGE_TOPIC}")),
+        # Its own namespace, so its relative output topic is /compressed/box_masks.
+        "compressed": NodeProcess(f"checkpoint:={tiny_checkpoint}", "input_type:=compressed",
+                                  ros_args=("-r", "__ns:=/compressed", "-r", f"image/compressed:={IMAGE_TOPIC}"
+                                                                             "/compressed")),
+        "lifecycle": NodeProcess(f"checkpoint:={tiny_checkpoint}", "autostart:=false", "continuous:=false",
+                                 ros_args=("-r", "__ns:=/cell", "-r", f"image:={CELL_CAMERA}")),
+        "pair": NodeProcess(f"checkpoint:={tiny_checkpoint}", "cameras:=[left, right]", "request_timeout:=1.0",
+                            ros_args=("-r", "__ns:=/pair")),
+    }
+    yield nodes
+    for node in nodes.values():
+        node.stop()
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +78,10 @@ def probe():
 
 
 @pytest.fixture(scope="module")
-def started(raw_node, compressed_node):
-    # Both nodes load their models side by side: one start-up wait for the module.
-    raw_node.wait_for_output(READY)
-    compressed_node.wait_for_output(READY)
-    return raw_node, compressed_node
+def started(nodes):
+    for name in ("raw", "compressed", "pair"):
+        nodes[name].wait_for_output(ACTIVE)
+    return nodes
 
 
 def check_result(result, image, classes, score_threshold):
@@ -122,10 +146,10 @@ def test_bad_image_is_counted_and_the_next_good_one_answered(started, probe, kin
     msg = bad_image(kind)
     msg.header.stamp = probe.node.get_clock().now().to_msg()
     probe.images.publish(msg)
-    probe.status(STATUS, until=lambda values: int(values["bad frames"]) == before + 1)
+    values = probe.status(STATUS, until=lambda values: int(values["bad frames"]) == before + 1)
+    assert values["failed frames"] == "0"
     probe.request(lambda: probe.image(carton_image(11), "after_bad"))
-    raw_node, _ = started
-    assert "skipping bad image" in raw_node.output
+    assert "skipping bad image" in started["raw"].output
 
 
 def test_overload_publishes_the_newest_frames_without_a_queue(started, probe):
@@ -162,43 +186,285 @@ def test_overload_publishes_the_newest_frames_without_a_queue(started, probe):
     assert dropped > 0 and received == published + dropped
 
 
-def test_fatal_starts_say_why_in_one_line(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("width, height", [(640, 480), (1280, 720)])
+def test_camera_sized_best_effort_frames_from_another_process_arrive(started, probe, width, height):
+    """Above Fast DDS's default 512 KB shared-memory segment, best-effort frames travel as UDP fragments and most
+    are lost; with config/fastdds_large_frames.xml loaded on both sides (conftest, as the launch file does) all
+    arrive."""
+    frames = 15
+    before = int(probe.status(STATUS, after=time.time())["frames received"])
+    rgb = np.full((height, width, 3), 120, np.uint8)
+    for _ in range(frames):
+        probe.images.publish(probe.image(rgb, "large"))
+        time.sleep(1 / 15)
+    values = probe.status(STATUS, after=time.time() + 0.5)
+    assert int(values["frames received"]) - before == frames, f"{width}x{height}: frames lost"
+
+
+def set_parameter(probe, node: str, name: str, value: bool) -> bool:
+    parameter = ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value))
+    response = probe.call(SetParameters, f"{node}/set_parameters", SetParameters.Request(parameters=[parameter]))
+    return response.results[0].successful
+
+
+class Camera:
+    """Publishes frames on topic at rate Hz in a background thread while running, each stamped when sent."""
+
+    def __init__(self, probe, topic: str, frame_id: str, rate: float = 10.0):
+        self._publisher, self._probe, self._frame_id, self._rate = probe.publisher(topic), probe, frame_id, rate
+        self.sent = []  # stamps in ns
+        self._running = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        self._running.set()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        rgb = carton_image(21)
+        while self._running.is_set():
+            msg = self._probe.image(rgb, self._frame_id)
+            self._publisher.publish(msg)
+            self.sent.append(stamp_ns(msg.header))
+            time.sleep(1 / self._rate)
+
+    def __exit__(self, *exc):
+        self._running.clear()
+        self._thread.join()
+
+
+def test_lifecycle_driven_from_another_process(started, probe):
+    """Configure, activate (on request only), deactivate (nothing published), cleanup, set continuous, activate
+    again (a stream): the transitions a lifecycle manager drives, through the node's lifecycle services."""
+    node = started["lifecycle"]
+    results = probe.listen("/cell/box_masks")
+    assert probe.state(LIFECYCLE) == "unconfigured"
+    inactive = probe.call(Segment, f"{LIFECYCLE}/segment", Segment.Request(), timeout=30)
+    assert not inactive.success and "not active" in inactive.message
+
+    assert probe.change_state(LIFECYCLE, Transition.TRANSITION_CONFIGURE)
+    assert probe.state(LIFECYCLE) == "inactive"
+    assert not set_parameter(probe, LIFECYCLE, "continuous", True), "a parameter changed while configured"
+    assert probe.change_state(LIFECYCLE, Transition.TRANSITION_ACTIVATE)
+    assert probe.state(LIFECYCLE) == "active"
+
+    with Camera(probe, CELL_CAMERA, "cell") as camera:
+        time.sleep(1.5)
+        assert len(camera.sent) >= 10 and not results, "continuous false published unasked"
+        asked = probe.node.get_clock().now().nanoseconds
+        response = probe.call(Segment, f"{LIFECYCLE}/segment", Segment.Request(timeout=10.0))
+        time.sleep(0.5)
+    assert response.success, response.message
+    answered = stamp_ns(response.result.header)
+    assert answered > asked and answered in camera.sent
+    assert [msg.header for _, msg in results] == [response.result.header], "the answer, and only it, on the topic"
+
+    assert probe.change_state(LIFECYCLE, Transition.TRANSITION_DEACTIVATE)
+    with Camera(probe, CELL_CAMERA, "cell"):
+        response = probe.call(Segment, f"{LIFECYCLE}/segment", Segment.Request(timeout=1.0))
+        time.sleep(1.0)
+    assert not response.success and "not active" in response.message
+    assert len(results) == 1, "published while inactive"
+
+    assert probe.change_state(LIFECYCLE, Transition.TRANSITION_CLEANUP)
+    assert probe.state(LIFECYCLE) == "unconfigured"
+    assert set_parameter(probe, LIFECYCLE, "continuous", True)
+    assert probe.change_state(LIFECYCLE, Transition.TRANSITION_CONFIGURE)
+    assert probe.change_state(LIFECYCLE, Transition.TRANSITION_ACTIVATE)
+    with Camera(probe, CELL_CAMERA, "cell") as camera:
+        deadline = time.monotonic() + 20
+        while len(results) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert len(results) >= 4, "activated again with continuous true, but no stream"
+    assert all(stamp_ns(msg.header) in camera.sent for _, msg in results[1:])
+    for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP):
+        assert probe.change_state(LIFECYCLE, transition)
+    assert probe.state(LIFECYCLE) == "unconfigured"
+    for line in ("configured:", "active:", "inactive: not processing, model kept", "unconfigured: model freed"):
+        assert line in node.output
+
+
+def test_two_cameras_one_model_each_output_its_own_camera_and_batched(started, probe):
+    left, right = probe.listen("/pair/left/box_masks"), probe.listen("/pair/right/box_masks")
+    with Camera(probe, "/pair/left/image", "left_cam", 15) as left_camera, \
+            Camera(probe, "/pair/right/image", "right_cam", 15) as right_camera:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            statuses = [probe.status(PAIR_STATUS.format(name), after=time.time()) for name in ("left", "right")]
+            if min(int(values["frames batched"]) for values in statuses) > 0 and left and right:
+                break
+    for results, camera, frame_id in ((left, left_camera, "left_cam"), (right, right_camera, "right_cam")):
+        assert results and all(msg.header.frame_id == frame_id and stamp_ns(msg.header) in camera.sent
+                               for _, msg in results)
+    for values in statuses:
+        assert int(values["frames batched"]) > 0 and int(values["frames published"]) > 0, values
+
+
+def test_segment_service_answers_for_the_camera_asked_with_a_frame_after_the_request(started, probe):
+    left, right = probe.listen("/pair/left/box_masks"), probe.listen("/pair/right/box_masks")
+    with Camera(probe, "/pair/right/image", "right_cam") as camera:
+        time.sleep(0.5)
+        asked = probe.node.get_clock().now().nanoseconds
+        response = probe.call(Segment, "/pair/segment_node/segment", Segment.Request(camera="right", timeout=10.0))
+    assert response.success, response.message
+    assert response.result.header.frame_id == "right_cam"
+    # The first frame after the request, or a newer one that replaced it while inference was busy.
+    assert asked < stamp_ns(response.result.header) and stamp_ns(response.result.header) in camera.sent
+    deadline = time.monotonic() + 5
+    while not any(msg == response.result for _, msg in right) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(msg == response.result for _, msg in right), "the answer is not what went on the camera's topic"
+
+    image = probe.image(carton_image(4), "given")
+    given = probe.call(Segment, "/pair/segment_node/segment", Segment.Request(camera="left", image=image))
+    assert given.success and given.result.header == image.header
+    assert (given.result.height, given.result.width) == (120, 160)
+    assert not any(msg.header == image.header for _, msg in left), "a given image went out on the camera's topic"
+
+
+def test_segment_service_fails_cleanly(started, probe):
+    start = time.monotonic()
+    response = probe.call(Segment, "/pair/segment_node/segment", Segment.Request(camera="left"))  # no frames
+    assert not response.success and "no result within 1.0 s" in response.message and "/pair/left/image" in \
+        response.message
+    assert time.monotonic() - start < 5
+    unknown = probe.call(Segment, "/pair/segment_node/segment", Segment.Request(camera="middle"))
+    assert not unknown.success and "unknown camera 'middle'" in unknown.message
+    bad = probe.call(Segment, "/pair/segment_node/segment", Segment.Request(camera="left", image=bad_image(
+        "short data")))
+    assert not bad.success and bad.message.startswith("bad image:")
+    values = probe.status(PAIR_STATUS.format("left"), until=lambda values: int(values["requests failed"]) >= 2)
+    assert values["bad frames"] == "1"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({}, "parameter checkpoint is required"),
+    ({"input_type": "mjpeg"}, "input_type must be one of ['raw', 'compressed']"),
+    ({"cameras": ["left", "left"]}, "cameras must be distinct names"),
+    ({"cameras": ["2nd"]}, "cameras must be distinct names"),
+    ({"up_in_camera": [0.0, 1.0]}, "up_in_camera must be empty or a non-zero [x, y, z]"),
+    ({"depth_divisor": 0.0}, "depth_divisor must be positive"),
+    ({"request_timeout": -1.0}, "request_timeout must be positive"),
+    ({"depth_sync_tolerance": -0.1}, "depth_sync_tolerance must be at least 0"),
+    ({"half": "yes"}, "half must be a boolean"),
+    ({"max_detections": 2.5}, "max_detections must be an integer"),
+])
+def test_bad_parameters_are_refused_in_one_line(values, message):
+    with pytest.raises(ConfigurationError) as error:
+        validated({"checkpoint": "model.pt", **values} if values else {})
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_parameters_are_read_as_the_node_uses_them():
+    params = validated({"checkpoint": "model.pt", "score_threshold": 1, "up_in_camera": [0, -1, 0],
+                        "cameras": ("left", "right")})
+    assert params["score_threshold"] == 1.0 and params["up_in_camera"].tolist() == [0.0, -1.0, 0.0]
+    assert params["cameras"] == ["left", "right"] and params["continuous"] is True
+
+
+def test_model_problems_are_refused_in_one_line(tmp_path, tiny_checkpoint):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    cases = {
-        "does not exist": NodeProcess(f"checkpoint:={tmp_path / 'missing.pt'}"),
-        "cannot be loaded": NodeProcess(f"checkpoint:={corrupt}"),
-        "CUDA is not available": NodeProcess(f"checkpoint:={tiny_checkpoint}", "device:=cuda"),
-    }
-    for message, node in cases.items():
-        assert node.wait() != 0, node.output
-        fatal = [line for line in node.output.splitlines() if "[FATAL]" in line]
-        assert len(fatal) == 1 and message in fatal[0], node.output
-        assert "Traceback" not in node.output
+    cases = {"does not exist": tmp_path / "missing.pt", "cannot be loaded": corrupt}
+    for message, checkpoint in cases.items():
+        with pytest.raises(ConfigurationError, match=message):
+            load_segmenter(validated({"checkpoint": str(checkpoint)}))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigurationError, match="CUDA is not available"):
+            load_segmenter(validated({"checkpoint": str(tiny_checkpoint), "device": "cuda"}))
+
+
+def test_a_failed_configure_leaves_the_node_unconfigured_and_a_good_one_then_works(tiny_checkpoint, tmp_path):
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = SegmentNode(context=context, parameter_overrides=[
+            Parameter("checkpoint", value=str(tmp_path / "missing.pt")), Parameter("autostart", value=False)])
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.set_parameters([Parameter("checkpoint", value=str(tiny_checkpoint))])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert not node.set_parameters([Parameter("half", value=True)])[0].successful  # read at configure
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
+def test_a_fatal_start_exits_non_zero_with_one_line(nodes):
+    node = nodes["fatal"]
+    assert node.wait() == 1, node.output
+    fatal = [line for line in node.output.splitlines() if "[FATAL]" in line]
+    assert len(fatal) == 1 and "does not exist" in fatal[0], node.output
+    assert "Traceback" not in node.output
+
+
+def test_mailbox_keeps_the_newest_frame_per_camera_and_its_requests():
+    mailbox, pending = LatestFrames(), PendingRequests()
+    early, late = Request("left", after=100), Request("left", after=300)
+    for request in (early, late):
+        pending.add(request)
+    assert pending.claim("right", 500) == [] and pending.claim("left", 200) == [early]
+    assert not mailbox.put("left", Frame("left", "frame 200", [early]))
+    assert mailbox.put("left", Frame("left", "frame 250"))  # replaces frame 200, which is dropped
+    assert not mailbox.put("right", Frame("right", "right 260"))
+    frames = mailbox.take()
+    assert [(f.camera, f.msg) for f in frames] == [("left", "frame 250"), ("right", "right 260")]
+    assert frames[0].requests == [early], "a replaced frame's request moves onto the newer frame"
+    mailbox.put("left", Frame("left", "frame 400", pending.claim("left", 400)))
+    mailbox.close()
+    assert mailbox.take() is None
+    assert late.wait(0) and late.result is None and "deactivated" in late.reason
+
+
+def test_diagnostics_status_says_what_is_wrong_first():
+    stats = Statistics()
+    for event in ("received", "received", "published", "dropped", "bad", "batched"):
+        stats.count(event)
+    status = camera_status("segment_node: segmentation (left)", "cpu", stats, 1.0, with_depth=False)
+    values = {kv.key: kv.value for kv in status.values}
+    assert (status.level, status.message) == (DiagnosticStatus.WARN, "bad input images")
+    assert (values["frames dropped"], values["frames batched"], values["input rate (Hz)"]) == ("1", "1", "2.0")
+    stats.count("failed")
+    assert camera_status("x", "cpu", stats, 1.0, False).level == DiagnosticStatus.ERROR
+    quiet = camera_status("x", "cpu", stats, 1.0, False)  # a new window: totals stay, the rates restart
+    assert quiet.message == "waiting for images" and {kv.key: kv.value for kv in quiet.values}["bad frames"] == "1"
 
 
 def test_config_file_holds_every_parameter_at_its_default():
     params = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
-    assert params == {name: default for name, (default, _, _) in PARAMETERS.items()}
+    assert params == {name: default for name, (default, _) in PARAMETERS.items()}
 
 
-def test_launch_file_compiles_and_its_arguments_are_node_parameters():
+def test_launch_file_arguments_are_parameters_and_remappings_and_it_loads_the_fast_dds_profile():
     source = (REPO / "launch" / "segment.launch.py").read_text()
     tree = ast.parse(source)
     compile(tree, "segment.launch.py", "exec")
-    overrides = next(node.value for node in tree.body if isinstance(node, ast.Assign)
-                     and node.targets[0].id == "OVERRIDES")
-    names = {key.value for key in overrides.keys}
-    assert {"checkpoint", "image_topic", "device", "depth_topic"} <= names <= PARAMETERS.keys()
-    for argument in ("params_file", "namespace"):
+    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)}
+    assert {"checkpoint", "device", "autostart", "cameras"} <= assigned["OVERRIDES"].keys() <= PARAMETERS.keys()
+    assert {name for name, _ in assigned["REMAPPINGS"].values()} == {"image", "depth", "camera_info"}
+    for argument in ("params_file", "namespace", "fastdds_profile", "FASTDDS_DEFAULT_PROFILES_FILE",
+                     "fastdds_large_frames.xml"):
         assert f'"{argument}"' in source
+    profile = ElementTree.parse(REPO / "config" / "fastdds_large_frames.xml")
+    sizes = [element.text for element in profile.iter("{http://www.eprosima.com}segment_size")]
+    assert sizes == [str(32 * 1024 * 1024)]
 
 
-def test_stops_cleanly_on_sigterm_and_ctrl_c(started, probe):
-    raw_node, compressed_node = started
+def test_stops_cleanly_on_sigterm_ctrl_c_and_a_second_ctrl_c(started, probe):
     probe.images.publish(probe.image(carton_image(0)))
     time.sleep(0.05)  # stopped in the middle of a frame: its result has nowhere to go, and that is fine
-    assert raw_node.stop(signal.SIGTERM) == 0, raw_node.output
-    assert compressed_node.stop(signal.SIGINT) == 0, compressed_node.output
-    for node in started:
+    # Twice in quick succession, as Ctrl-C under ros2 launch arrives (the terminal's and launch's own).
+    signals = {"raw": [signal.SIGTERM, signal.SIGTERM], "compressed": [signal.SIGINT], "lifecycle": [signal.SIGINT],
+               "pair": [signal.SIGINT, signal.SIGINT, signal.SIGTERM]}
+    for name, sent in signals.items():
+        for sig in sent:
+            started[name].process.send_signal(sig)
+            time.sleep(0.01)
+    for name in signals:
+        node = started[name]
+        assert node.wait() == 0, node.output
         assert "Traceback" not in node.output and "segmentation failed" not in node.output, node.output

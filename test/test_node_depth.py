@@ -19,6 +19,7 @@ from geometry_msgs.msg import PoseArray
 from node_harness import (
     CAMERA_INFO_TOPIC,
     DEPTH_TOPIC,
+    IMAGE_TOPIC,
     NodeProcess,
     Probe,
     camera_info,
@@ -30,9 +31,10 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from box_segmentation.msg import BoxMask
-from box_segmentation.node.frame_sync import DepthCache
+from box_segmentation.node.frame_sync import DEPTH_ARRIVING_WITHIN, DepthCache
+from box_segmentation.srv import Segment
 
-READY = "ready:"
+READY = "active:"
 STATUS = "segment_node: segmentation"
 WIDTH, HEIGHT = 320, 240
 SEEDS = (3, 4)  # pallet scenes where the random model's masks give several OK poses
@@ -45,8 +47,9 @@ def scenes():
 
 @pytest.fixture(scope="module")
 def node(tiny_checkpoint):
-    node = NodeProcess(f"checkpoint:={tiny_checkpoint}", f"depth_topic:={DEPTH_TOPIC}",
-                       f"camera_info_topic:={CAMERA_INFO_TOPIC}")
+    node = NodeProcess(f"checkpoint:={tiny_checkpoint}", "use_depth:=true",
+                       ros_args=("-r", f"image:={IMAGE_TOPIC}", "-r", f"depth:={DEPTH_TOPIC}", "-r",
+                                 f"camera_info:={CAMERA_INFO_TOPIC}"))
     yield node
     node.stop()
 
@@ -191,6 +194,15 @@ def test_pose_array_and_markers_are_published_for_subscribers(camera, scenes):
     assert [m.text for m in texts] == [str(box.pick_rank) for box in picks]
 
 
+def test_segment_service_answers_with_poses(camera, scenes):
+    """An image given with the request pairs with the depth image of its stamp, as a camera frame does."""
+    image = send(camera, scenes[3], "asked")
+    response = camera.call(Segment, "/segment_node/segment", Segment.Request(image=image, timeout=10.0))
+    assert response.success, response.message
+    assert response.result.header == image.header and ok_boxes(response.result)
+    assert all(box.pose_status != BoxMask.POSE_NONE for box in response.result.boxes)
+
+
 def test_depth_cache_pairs_the_closest_stamp_within_tolerance():
     def depth(stamp_ns):
         sec, nanosec = divmod(stamp_ns, 10**9)
@@ -211,19 +223,24 @@ def test_depth_cache_pairs_the_closest_stamp_within_tolerance():
     assert time.monotonic() - start < 1.0
 
 
-def test_bad_depth_parameters_are_fatal_in_one_line(tiny_checkpoint):
-    cases = {
-        "camera_info_topic is required": NodeProcess(f"checkpoint:={tiny_checkpoint}", f"depth_topic:={DEPTH_TOPIC}"),
-        "up_in_camera must be empty or a non-zero": NodeProcess(f"checkpoint:={tiny_checkpoint}",
-                                                                "up_in_camera:=[0.0, 1.0]"),
-        "up_in_camera must be a list of floats": NodeProcess(f"checkpoint:={tiny_checkpoint}",
-                                                             "up_in_camera:=[0, -1, 0]"),
-    }
-    for message, process in cases.items():
-        assert process.wait() != 0, process.output
-        fatal = [line for line in process.output.splitlines() if "[FATAL]" in line]
-        assert len(fatal) == 1 and message in fatal[0], process.output
-        assert "Traceback" not in process.output
+def test_a_silent_depth_topic_holds_no_frame_back():
+    """Waiting for a late depth image only makes sense while depth images arrive and none is past the frame yet."""
+    def depth(stamp_ns):
+        sec, nanosec = divmod(stamp_ns, 10**9)
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec)))
+
+    def waited(stamp_ns):
+        start = time.monotonic()
+        assert cache.closest(stamp_ns, 20_000_000, wait=1.0) is None
+        return time.monotonic() - start
+
+    cache = DepthCache(size=3)
+    assert waited(1_000_000_000) < 0.3  # no depth image ever
+    cache.put(depth(1_000_000_000))
+    assert waited(2_000_000_000) > 0.9  # arriving, none past the frame yet: one may still come
+    assert waited(500_000_000) < 0.3  # depth already past the frame
+    time.sleep(DEPTH_ARRIVING_WITHIN)
+    assert waited(2_000_000_000) < 0.3  # stopped arriving
 
 
 def test_camera_info_that_cannot_be_a_camera_is_counted_not_used(camera, scenes, node):

@@ -153,3 +153,18 @@ def test_cuda_without_cuda_raises_clearly_and_auto_falls_back(checkpoint):
     assert any("half" in warning for warning in segmenter.warnings) and not segmenter.half
     with pytest.raises(ValueError, match="device"):
         Segmenter(checkpoint, device="tpu")
+
+
+def test_a_batch_gives_each_image_its_own_instances(segmenter, image, instances):
+    """Several cameras on one model: one forward pass, the same instances as one image at a time."""
+    flipped = np.ascontiguousarray(image[::-1])
+    alone = segmenter(flipped)
+    batch = segmenter.segment_batch([image, flipped])
+    for got, expected in zip(batch, [instances, alone], strict=True):
+        assert [i.roi for i in got] == [i.roi for i in expected]
+        assert [i.score for i in got] == pytest.approx([i.score for i in expected], abs=1e-4)
+        assert all(np.array_equal(a.mask, b.mask) for a, b in zip(got, expected, strict=True))
+    small = image[:60, :90]  # another size: padded to the batch's, its boxes stay within its own frame
+    for instance in segmenter.segment_batch([image, small])[1]:
+        x, y, w, h = instance.roi
+        assert x + w <= 90 and y + h <= 60

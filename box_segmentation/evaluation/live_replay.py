@@ -16,6 +16,7 @@ from box_segmentation.evaluation.bag_io import COMPRESSED_TYPE, BagError, make_t
 from box_segmentation.evaluation.scoring import Scorer, latency_summary
 from box_segmentation.messages import instances_from_msg, stamp_ns
 from box_segmentation.msg import BoxMasks
+from box_segmentation.node.fastdds import use_profile
 
 # After the last frame, replies still on their way come within about two inference times: wait
 # until none has come for the longer of this and three of the slowest replies so far (bounded by
@@ -28,6 +29,7 @@ def replay_live(bag, image_topic: str, output_topic: str, annotations: dict | No
     typestore = make_typestore()
     recorded = list(read_messages(bag, image_topic, typestore))
     msgtype = recorded[0][1].__msgtype__
+    use_profile()  # camera-sized frames, best effort included, pass as they do to a node started by the launch file
     rclpy.init()
     try:
         node = rclpy.create_node("bag_replay")

@@ -1,424 +1,429 @@
-"""segment_node: camera images in, carton instance masks out on box_masks.
+"""segment_node: a lifecycle node, camera images in, carton instance masks out on box_masks.
 
-The subscription callback only drops the message into a one-slot mailbox; a worker thread
-takes the newest frame, converts, infers and publishes. A frame still waiting when a newer
-one arrives is dropped (and counted), so results always describe the newest image and no
-queue builds up when inference is slower than the camera.
+Lifecycle (rclpy.lifecycle, as lifecycle managers such as Nav2's drive it):
+  configure   read and validate the parameters, load the model, one warm-up inference;
+  activate    subscribe to the cameras, enable the publishers, start the worker;
+  deactivate  stop processing (nothing is published), keep the model;
+  cleanup     free the model and its CUDA memory;
+  shutdown    from any state.
+With autostart (the default) the node configures and activates itself at start.
 
-With depth_topic set, each frame is paired by stamp with an aligned depth image (the cached one
-closest in stamp, within depth_sync_tolerance) and every carton gets a pick pose and rank
-(box_segmentation.pick_pose), in the camera optical frame of the image's header: there is no TF here.
-A frame without a usable depth image is still published, its boxes with pose_status POSE_NONE.
+Per camera (the `cameras` parameter; one unnamed camera by default) the subscription callbacks only drop the
+message into that camera's slot of a mailbox; a worker thread takes every waiting frame, one per camera,
+infers them in one batch and publishes each camera's result on its own topics. A frame still waiting when a
+newer one of its camera arrives is dropped (and counted), so results always describe the newest images and no
+queue builds up when inference is slower than the cameras.
 
-Run: ros2 run box_segmentation segment_node --ros-args -p checkpoint:=/path/model.pt
+~/segment (srv/Segment.srv) answers with the result of the first frame of the camera stamped after the request
+arrived, or of an image given in the request. With continuous false, only such frames are segmented.
+
+With use_depth, each frame is paired by stamp with an aligned depth image and every carton gets a pick pose and
+rank (box_segmentation.pick_pose), in the camera optical frame of the image's header: there is no TF here.
+
+Run: ros2 run box_segmentation segment_node --ros-args -p checkpoint:=/path/model.pt -r image:=/camera/image_raw
 """
 
+import gc
 import signal
 import sys
-import textwrap
 import threading
 import time
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.logging import get_logger
-from rclpy.node import Node
-from rclpy.parameter import Parameter
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
-from box_segmentation.camera_model import CAMERA_GEOMETRIES, CameraInfoError, camera_model_from_info
 from box_segmentation.image_conversion import (
     ImageConversionError,
     compressed_to_rgb,
-    depth_image_to_array,
     imgmsg_to_rgb,
     rgb_to_imgmsg_fields,
 )
-from box_segmentation.messages import add_poses, stamp_ns, to_box_masks
-from box_segmentation.model import CheckpointError
+from box_segmentation.messages import stamp_ns, to_box_masks
 from box_segmentation.msg import BoxMasks
-from box_segmentation.node.diagnostics import Statistics
-from box_segmentation.node.frame_sync import DepthCache, LatestFrame
+from box_segmentation.node.configuration import (
+    PARAMETERS,
+    ConfigurationError,
+    camera_names,
+    load_segmenter,
+    topic,
+    validated,
+)
+from box_segmentation.node.diagnostics import Statistics, camera_status
+from box_segmentation.node.frame_sync import DepthCache, Frame, LatestFrames, PendingRequests, Request
+from box_segmentation.node.poses import NoPoses, fill_poses
 from box_segmentation.node.visualization import draw_overlay, pick_markers
-from box_segmentation.pick_pose import CartonPose, PoseStatus, depth_to_metres, estimate_poses, pick_order
+from box_segmentation.pick_pose import PoseStatus
 from box_segmentation.registration import RegistrationCheck
-from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
+from box_segmentation.srv import Segment
 
 NODE_NAME = "segment_node"
-
-# Every parameter: name -> (default, description, read_only). The model and the wiring are
-# fixed at start-up, so all are read-only: change them by restarting the node.
-PARAMETERS = {
-    "checkpoint": ("", "Path of the model checkpoint (.pt) written by training. Required.", True),
-    "device": ("auto", "auto (CUDA if available, else CPU with a warning), cpu, cuda or cuda:N.", True),
-    "half": (False, "Run the model in float16 (CUDA only).", True),
-    "score_threshold": (-1.0, "Minimum detection score in [0, 1]; -1: the checkpoint's value.", True),
-    "mask_threshold": (-1.0, "Mask probability above which a pixel is carton, in [0, 1]; -1: the checkpoint's.",
-                       True),
-    "max_detections": (-1, "Most instances published per image, highest scores first; -1: the checkpoint's.",
-                       True),
-    "image_topic": ("/camera/color/image_raw",
-                    "Input sensor_msgs/Image topic. With input_type compressed, the node subscribes to "
-                    "<image_topic>/compressed, or to image_topic itself if it already ends in /compressed.", True),
-    "input_type": ("raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, jpeg or png).", True),
-    "input_reliability": ("best_effort",
-                          "Input QoS reliability: best_effort (as camera drivers publish) or reliable.", True),
-    "output_topic": ("box_masks", "BoxMasks output topic; relative, so /box_masks unless namespaced.", True),
-    "publish_debug_image": (True, "Publish an overlay on <output_topic>/debug_image, drawn only while "
-                                  "someone subscribes.", True),
-    "depth_topic": ("", "Depth sensor_msgs/Image (16UC1, mono16 or 32FC1) registered to the colour image pixel for "
-                        "pixel, e.g. /camera/aligned_depth_to_color/image_raw: every carton then gets a pick pose and "
-                        "rank. Empty: no depth, masks only. Read with input_reliability.", True),
-    "camera_info_topic": ("", "sensor_msgs/CameraInfo of the colour camera (aligned depth shares its intrinsics), "
-                              "e.g. /camera/color/camera_info. Required with depth_topic.", True),
-    "camera_geometry": ("raw", "How the colour (and aligned depth) images relate to camera_info, as "
-                               "image_geometry reads it: raw (image_raw: K, undoing the distortion D per pixel; what "
-                               "RealSense and Orbbec aligned depth publish) or rectified (image_rect: P).", True),
-    "depth_sync_tolerance": (0.02, "Seconds: the largest stamp difference between a colour image and the depth "
-                                   "image paired with it. A frame with no depth image that close gets no poses.",
-                             True),
-    "depth_divisor": (1000.0, "16UC1 and mono16 depth units per metre: 1000 = millimetres, the ROS convention. "
-                              "32FC1 depth is in metres.", True),
-    "up_in_camera": ([], "Gravity-up as a fixed [x, y, z] in the camera optical frame (x right, y down, z forward), "
-                         "e.g. [0.0, -1.0, 0.0] for a level camera; chooses the top faces and the layers. Empty: "
-                         "unknown, the top face is the one most squarely facing the camera (right for a camera "
-                         "above the stack looking down).", True),
-    "publish_markers": (True, "With depth: RViz markers on <output_topic>/markers (a box and the pick rank per "
-                              "carton with a pose), built only while someone subscribes.", True),
-}
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
-CONVERTERS = {"raw": (Image, imgmsg_to_rgb), "compressed": (CompressedImage, compressed_to_rgb)}
-STAGES = ("convert", "preprocess", "infer", "postprocess", "poses", "publish")
-# Frames published without poses although depth is configured: event -> diagnostics key.
-NO_POSE_REASONS = {"no depth match": "frames without depth match", "bad depth": "frames with bad depth",
-                   "no camera info": "frames without camera info"}
+CONVERTERS = {"raw": (Image, "image", imgmsg_to_rgb), "compressed": (CompressedImage, "image/compressed",
+                                                                      compressed_to_rgb)}
 DEPTH_CACHE_SIZE = 10  # depth images kept for pairing: a third of a second at 30 Hz
-DEPTH_LATE_WAIT = 0.005  # seconds, beyond the tolerance, to wait after inference for a late depth image
-DIAGNOSTICS_PERIOD = 1.0  # seconds
 REGISTRATION_EVERY = 5  # frames with depth between colour-depth registration checks
-MAX_REGISTRATION_OFFSET = 2.0  # pixels of colour-depth misregistration above which /diagnostics warns
-BAD_FRAME_LOG_PERIOD = 5.0  # seconds between bad-frame warnings, so a broken camera cannot flood the log
+DEPTH_LATE_WAIT = 0.005  # seconds, beyond the tolerance, to wait after inference for a late depth image
+WARM_UP_SIZE = (480, 640)  # the first inference allocates and tunes: done at configure, not on the first frame
+DIAGNOSTICS_PERIOD = 1.0  # seconds
+BAD_FRAME_LOG_PERIOD = 5.0  # seconds between warnings of one kind, so a broken camera cannot flood the log
+# Lifecycle services and the diagnostics timer, the inputs, and ~/segment (which waits for its frame) each have
+# a callback group: a waiting request blocks none of the others.
+EXECUTOR_THREADS = 4
+LATEST = dict(history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE)
 
 
-class StartupError(Exception):
-    """A configuration the node cannot run with; main() logs it as one fatal line."""
+class Camera:
+    """One camera's topics, depth cache and counts."""
+
+    def __init__(self, node: "SegmentNode", name: str, params: dict):
+        self.name, self.stats, self.subscriptions = name, Statistics(), []
+        self.label = f"camera {name}: " if name else ""  # log prefix
+        reliable = dict(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, **reliable)
+        self.results = node.create_lifecycle_publisher(BoxMasks, topic(name, "box_masks"), output_qos)
+        self.debug_images = self.poses = self.markers = None
+        if params["publish_debug_image"]:  # a viewer wants the latest only
+            self.debug_images = node.create_lifecycle_publisher(Image, topic(name, "box_masks/debug_image"),
+                                                                QoSProfile(**LATEST | reliable))
+        self.depth_cache, self.camera_info = None, None
+        if params["use_depth"]:
+            self.depth_cache = DepthCache(DEPTH_CACHE_SIZE)
+            self.registration = RegistrationCheck(every=REGISTRATION_EVERY)
+            self.poses = node.create_lifecycle_publisher(PoseArray, topic(name, "box_masks/poses"), output_qos)
+            if params["publish_markers"]:
+                self.markers = node.create_lifecycle_publisher(MarkerArray, topic(name, "box_masks/markers"),
+                                                               QoSProfile(**LATEST | reliable))
+
+    def subscribe(self, node: "SegmentNode", message_type, name: str, callback, qos: QoSProfile) -> None:
+        """A subscription to this camera's input name, calling callback(self, msg)."""
+        self.subscriptions.append(node.create_subscription(message_type, topic(self.name, name),
+                                                           lambda msg: callback(self, msg), qos,
+                                                           callback_group=node.input_group))
+
+    def publishers(self) -> list:
+        return [p for p in (self.results, self.debug_images, self.poses, self.markers) if p is not None]
 
 
-class SegmentNode(Node):
-    def __init__(self):
-        super().__init__(NODE_NAME)
+class SegmentNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            # Dynamically typed: a wrong type is reported by configure in one line, not as a construction error.
+            descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+            self.declare_parameter(name, None if default == [] else default, descriptor)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._params = self._segmenter = self._mailbox = self._worker = self._diagnostics_timer = None
+        self._cameras: dict[str, Camera] = {}
+        self._requests = PendingRequests()
+        self._active = False
+        self._last_logged = {}
+        self.input_group = MutuallyExclusiveCallbackGroup()
+        self.create_service(Segment, "~/segment", self._on_segment, callback_group=MutuallyExclusiveCallbackGroup())
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    @property
+    def autostart(self) -> bool:
+        return self.get_parameter("autostart").value is not False
+
+    # Lifecycle transitions
+
+    def on_configure(self, state) -> TransitionCallbackReturn:
         try:
-            self._params = self._declare_parameters()
-            self._segmenter = self._load_segmenter()
-        except BaseException:
-            self.destroy_node()
-            raise
-        for warning in self._segmenter.warnings:
+            params = validated({name: self.get_parameter(name).value for name in PARAMETERS})
+            segmenter = load_segmenter(params)
+            try:
+                segmenter(np.full((*WARM_UP_SIZE, 3), 127, np.uint8))
+            except RuntimeError as error:  # e.g. CUDA out of memory
+                raise ConfigurationError(f"warm-up inference failed: {str(error).splitlines()[0]}") from error
+        except ConfigurationError as error:
+            # One line; the node stays unconfigured (main() exits with it when autostarting).
+            (self.get_logger().fatal if self.autostart else self.get_logger().error)(str(error))
+            return TransitionCallbackReturn.FAILURE
+        for warning in segmenter.warnings:
             self.get_logger().warning(warning)
-
-        p = self._params
-        message_type, self._convert = CONVERTERS[p["input_type"]]
-        image_topic = p["image_topic"]
-        if p["input_type"] == "compressed" and not image_topic.endswith("/compressed"):
-            image_topic += "/compressed"  # image_transport's naming
-        # Depth 1: only the newest frame matters; older ones would only be dropped later.
-        input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                               reliability=RELIABILITY[p["input_reliability"]],
-                               durability=DurabilityPolicy.VOLATILE)
-        output_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE,
-                                durability=DurabilityPolicy.VOLATILE)
-        self._publisher = self.create_publisher(BoxMasks, p["output_topic"], output_qos)
-        self._debug_publisher = None
-        if p["publish_debug_image"]:
-            debug_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                   durability=DurabilityPolicy.VOLATILE)  # a viewer wants the latest only
-            self._debug_publisher = self.create_publisher(Image, p["output_topic"] + "/debug_image", debug_qos)
-        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos)
-
-        self._stats = Statistics()
-        self._mailbox = LatestFrame()
-        self._subscription = self.create_subscription(message_type, image_topic, self._on_image, input_qos)
-        self._depth_cache = None
-        if p["depth_topic"]:
-            self._start_depth(input_qos, output_qos)
+        self._params, self._segmenter = params, segmenter
+        self._cameras = {name: Camera(self, name, params) for name in camera_names(params)}
         self._last_report = time.monotonic()
-        self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
-        self._worker.start()
-
+        self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics)
         self.get_logger().info(
-            f"ready: {self._segmenter.config.arch} for {list(self._segmenter.classes)} on {self._segmenter.device}; "
-            f"{p['input_type']} images from {self._subscription.topic_name} ({p['input_reliability']}), "
-            f"masks on {self._publisher.topic_name}"
-            + (f"; depth from {p['depth_topic']}, intrinsics from {p['camera_info_topic']}, up "
-               f"{'unknown' if self._up is None else list(self._up)}" if self._depth_cache is not None else "")
-        )
+            f"configured: {segmenter.config.arch} for {list(segmenter.classes)} on {segmenter.device}; "
+            f"cameras {[name or '(unnamed)' for name in self._cameras]}, {params['input_type']} input "
+            f"({params['input_reliability']}), {'continuous' if params['continuous'] else 'on request only'}"
+            + (", with depth" if params["use_depth"] else ""))
+        return TransitionCallbackReturn.SUCCESS
 
-    def _start_depth(self, input_qos: QoSProfile, output_qos: QoSProfile) -> None:
+    def on_activate(self, state) -> TransitionCallbackReturn:
         p = self._params
-        self._up = np.array(p["up_in_camera"]) if p["up_in_camera"] else None
-        self._depth_cache = DepthCache(DEPTH_CACHE_SIZE)
-        self._camera_info = None  # the latest: intrinsics rarely change
-        self._registration = RegistrationCheck(every=REGISTRATION_EVERY)
-        # A few images of slack: the cache, not the middleware, decides which ones are kept.
+        message_type, image_topic, _ = CONVERTERS[p["input_type"]]
+        # Depth 1: only the newest frame matters; older ones would only be dropped later.
+        input_qos = QoSProfile(**LATEST, reliability=RELIABILITY[p["input_reliability"]])
+        # A few depth images of slack: the cache, not the middleware, decides which ones are kept.
         depth_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=input_qos.reliability,
                                durability=DurabilityPolicy.VOLATILE)
-        self.create_subscription(Image, p["depth_topic"], self._on_depth, depth_qos)
-        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info, input_qos)
-        self._poses_publisher = self.create_publisher(PoseArray, p["output_topic"] + "/poses", output_qos)
-        self._markers_publisher = None
-        if p["publish_markers"]:
-            markers_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                     durability=DurabilityPolicy.VOLATILE)  # a viewer wants the latest only
-            self._markers_publisher = self.create_publisher(MarkerArray, p["output_topic"] + "/markers", markers_qos)
+        self._mailbox = LatestFrames()
+        for camera in self._cameras.values():
+            camera.subscribe(self, message_type, image_topic, self._on_image, input_qos)
+            if camera.depth_cache is not None:
+                camera.subscribe(self, Image, "depth", self._on_depth, depth_qos)
+                camera.subscribe(self, CameraInfo, "camera_info", self._on_camera_info, input_qos)
+        self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
+        self._worker.start()
+        self._active = True
+        inputs = ", ".join(sub.topic_name for camera in self._cameras.values() for sub in camera.subscriptions)
+        outputs = ", ".join(camera.results.topic_name for camera in self._cameras.values())
+        self.get_logger().info(f"active: reading {inputs}; masks on {outputs}")
+        return super().on_activate(state)
 
-    def _declare_parameters(self) -> dict:
-        values = {}
-        for name, (default, description, read_only) in PARAMETERS.items():
-            descriptor = ParameterDescriptor(description=description, read_only=read_only)
-            # An empty list has no element type: declared as a list of floats, left unset until given.
-            initial = Parameter.Type.DOUBLE_ARRAY if default == [] else default
-            try:
-                value = self.declare_parameter(name, initial, descriptor).value
-            except InvalidParameterTypeException as error:
-                kind = "list of floats" if default == [] else type(default).__name__
-                raise StartupError(f"parameter {name} must be a {kind}: {error}") from error
-            values[name] = default if value is None else value
-        choices = {"input_type": CONVERTERS, "input_reliability": RELIABILITY, "camera_geometry": CAMERA_GEOMETRIES}
-        for name, allowed in choices.items():
-            if values[name] not in allowed:
-                raise StartupError(f"parameter {name} must be one of {sorted(allowed)}, not {values[name]!r}")
-        if not values["checkpoint"]:
-            raise StartupError("parameter checkpoint is required: the path of a model checkpoint (.pt)")
-        if values["depth_topic"] and not values["camera_info_topic"]:
-            raise StartupError("parameter camera_info_topic is required with depth_topic: the colour camera's "
-                               "CameraInfo, e.g. /camera/color/camera_info")
-        up = values["up_in_camera"]
-        if up and (len(up) != 3 or not np.linalg.norm(up) > 0):
-            raise StartupError(f"parameter up_in_camera must be empty or a non-zero [x, y, z], not {list(up)}")
-        tolerance, divisor = values["depth_sync_tolerance"], values["depth_divisor"]
-        if not tolerance >= 0:
-            raise StartupError(f"parameter depth_sync_tolerance must be at least 0, not {tolerance}")
-        if not divisor > 0:
-            raise StartupError(f"parameter depth_divisor must be positive, not {divisor}")
-        return values
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self.get_logger().info("inactive: not processing, model kept")
+        return super().on_deactivate(state)
 
-    def _load_segmenter(self) -> Segmenter:
-        p = self._params
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("unconfigured: model freed")
+        return TransitionCallbackReturn.SUCCESS
 
-        def unless_default(name):  # -1 means: what the checkpoint says
-            return None if p[name] == -1 else p[name]
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
 
-        try:
-            return Segmenter(p["checkpoint"], device=p["device"], half=p["half"],
-                             score_threshold=unless_default("score_threshold"),
-                             mask_threshold=unless_default("mask_threshold"),
-                             max_detections=unless_default("max_detections"))
-        except (CheckpointError, DeviceUnavailableError, ValueError) as error:
-            # One line, however torch words it; a list of hundreds of mismatched weights helps nobody.
-            raise StartupError(textwrap.shorten(str(error), width=500, placeholder=" [...]")) from error
+    def on_error(self, state) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured, ready to configure again
 
-    def _on_image(self, msg) -> None:
-        self._stats.count("received")
-        if self._mailbox.put(msg):
-            self._stats.count("dropped")
+    def _stop_processing(self) -> None:
+        """Deactivation: no more frames in, the worker finishes its batch and ends, waiting requests fail."""
+        self._active = False
+        for camera in self._cameras.values():
+            for subscription in camera.subscriptions:
+                self.destroy_subscription(subscription)
+            camera.subscriptions = []
+        self._requests.fail_all("segment_node was deactivated")
+        if self._worker is not None:
+            self._mailbox.close()
+            self._worker.join(timeout=10.0)
+            self._worker = None
 
-    def _on_depth(self, msg) -> None:
-        self._stats.count("depth received")
-        self._depth_cache.put(msg)
+    def _release(self) -> None:
+        """Cleanup: the publishers and the model, its CUDA memory included."""
+        for camera in self._cameras.values():
+            for publisher in camera.publishers():
+                self.destroy_lifecycle_publisher(publisher)
+        self._cameras = {}
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        if self._segmenter is not None:
+            self._segmenter = None
+            gc.collect()  # the model's tensors go with the last reference
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self._params = None
 
-    def _on_camera_info(self, msg) -> None:
-        self._camera_info = msg
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        if self._params is None:
+            return SetParametersResult(successful=True)
+        return SetParametersResult(successful=False, reason="parameters are read at configure: clean the node up, "
+                                                            "set them, and configure it again")
+
+    # Inputs
+
+    def _on_image(self, camera: Camera, msg) -> None:
+        camera.stats.count("received")
+        requests = self._requests.claim(camera.name, stamp_ns(msg.header))
+        if not requests and not self._params["continuous"]:
+            return
+        if self._mailbox.put(camera.name, Frame(camera.name, msg, requests)):
+            camera.stats.count("dropped")
+
+    def _on_depth(self, camera: Camera, msg) -> None:
+        camera.stats.count("depth received")
+        camera.depth_cache.put(msg)
+
+    def _on_camera_info(self, camera: Camera, msg) -> None:
+        camera.camera_info = msg  # the latest: intrinsics rarely change
+
+    def _on_segment(self, request, response):
+        camera = request.camera
+        if not self._active:
+            response.message = "segment_node is not active"
+        elif camera not in self._cameras:
+            response.message = f"unknown camera {camera!r}: this node has {list(self._cameras)}"
+        if response.message:
+            return response
+        timeout = request.timeout or self._params["request_timeout"]
+        pending = Request(camera, after=self.get_clock().now().nanoseconds)
+        if request.image.width and request.image.height:
+            self._mailbox.put(pending, Frame(camera, request.image, [pending], from_camera=False))
+        else:
+            self._requests.add(pending)
+        if not pending.wait(timeout):
+            self._requests.withdraw(pending)
+            pending.fail(f"no result within {timeout} s: no frame on "
+                         f"{self.resolve_topic_name(topic(camera, CONVERTERS[self._params['input_type']][1]))} "
+                         f"stamped after the request")
+        response.success = pending.result is not None
+        if response.success:
+            response.result = pending.result
+        else:
+            response.message = pending.reason
+        self._cameras[camera].stats.count("request answered" if response.success else "request failed")
+        return response
+
+    # The worker
 
     def _work(self) -> None:
-        while (msg := self._mailbox.take()) is not None:
+        while (frames := self._mailbox.take()) is not None:
             try:
-                self._process(msg)
-            except Exception as error:  # keep serving: one failed frame must not stop the node
+                self._process(frames)
+            except Exception as error:  # keep serving: one failed batch must not stop the node
                 if not self.context.ok():
-                    return  # Ctrl-C while a frame was in hand: its result has nowhere to go
-                self._stats.count("failed")
-                self.get_logger().error(f"segmentation failed: {error!r}", throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
+                    return  # Ctrl-C while a batch was in hand: its results have nowhere to go
+                for frame in frames:
+                    self._cameras[frame.camera].stats.count("failed")
+                    for request in frame.requests:
+                        request.fail(f"segmentation failed: {error!r}")
+                self._log("failed", self.get_logger().error, f"segmentation failed: {error!r}")
 
-    def _process(self, msg) -> None:
-        start = time.perf_counter()
-        try:
-            rgb = self._convert(msg)
-        except ImageConversionError as error:
-            self._stats.count("bad")
-            self.get_logger().warning(f"skipping bad image (frame_id {msg.header.frame_id!r}): {error}",
-                                      throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
-            return
-        self._stats.add_time("convert", time.perf_counter() - start)
-
-        with_depth = self._depth_cache is not None
-        # Looked up before inference too: a slow one lets newer depth images push the match out of the cache.
-        depth = self._paired_depth(msg.header) if with_depth else None
-
-        instances = self._segmenter(rgb)
-        for stage in ("preprocess", "infer", "postprocess"):
-            self._stats.add_time(stage, self._segmenter.last_timings[stage])
-
-        start = time.perf_counter()
-        result = to_box_masks(instances, msg.header, rgb.shape[0], rgb.shape[1])
-        publish_time = time.perf_counter() - start
-        if with_depth:
-            if depth is None:  # a depth image later than its colour one has had the inference time, and a bit more
-                depth = self._paired_depth(msg.header, self._params["depth_sync_tolerance"] + DEPTH_LATE_WAIT)
+    def _process(self, frames: list[Frame]) -> None:
+        inputs = []
+        for frame in frames:
+            camera = self._cameras[frame.camera]
             start = time.perf_counter()
-            poses = self._add_poses(result, instances, depth)
-            self._stats.add_time("poses", time.perf_counter() - start)
+            convert = CONVERTERS[self._params["input_type"]][2] if frame.from_camera else imgmsg_to_rgb
+            try:
+                rgb = convert(frame.msg)
+            except ImageConversionError as error:
+                camera.stats.count("bad")
+                self._log(("bad", camera.name), self.get_logger().warning,
+                          f"{camera.label}skipping bad image (frame_id {frame.msg.header.frame_id!r}): {error}")
+                for request in frame.requests:
+                    request.fail(f"bad image: {error}")
+                continue
+            camera.stats.add_time("convert", time.perf_counter() - start)
+            # Looked up before inference too: a slow one lets newer depth images push the match out of the cache.
+            depth = self._paired_depth(camera, frame.msg.header) if camera.depth_cache is not None else None
+            inputs.append((frame, rgb, depth))
+        if not inputs:
+            return
+
+        batch = self._segmenter.segment_batch([rgb for _, rgb, _ in inputs])
+        for (frame, rgb, depth), instances in zip(inputs, batch, strict=True):
+            camera = self._cameras[frame.camera]
+            for stage in ("preprocess", "infer", "postprocess"):
+                camera.stats.add_time(stage, self._segmenter.last_timings[stage])
+            if len(inputs) > 1:
+                camera.stats.count("batched")
+            self._publish(camera, frame, rgb, depth, instances)
+
+    def _paired_depth(self, camera: Camera, header, wait: float = 0.0):
+        """The cached depth image closest to header's stamp within depth_sync_tolerance (waiting up to wait s for
+        one while depth images arrive), or None."""
+        tolerance = round(self._params["depth_sync_tolerance"] * 1e9)
+        return camera.depth_cache.closest(stamp_ns(header), tolerance, wait)
+
+    def _publish(self, camera: Camera, frame: Frame, rgb: np.ndarray, depth, instances) -> None:
+        start = time.perf_counter()
+        result = to_box_masks(instances, frame.msg.header, rgb.shape[0], rgb.shape[1])
+        publish_time = time.perf_counter() - start
+        poses = []
+        if camera.depth_cache is not None:
+            if depth is None:  # a depth image later than its colour one has had the inference time, and a bit more
+                depth = self._paired_depth(camera, frame.msg.header,
+                                           self._params["depth_sync_tolerance"] + DEPTH_LATE_WAIT)
+            start = time.perf_counter()
+            poses = self._add_poses(camera, result, instances, depth)
+            camera.stats.add_time("poses", time.perf_counter() - start)
+        for request in frame.requests:
+            request.answer(result)
+        if not frame.from_camera:
+            return  # an image given with a request: the answer is the reply, not the camera's topics
 
         start = time.perf_counter()
-        self._publisher.publish(result)
-        self._stats.add_time("publish", publish_time + time.perf_counter() - start)
-        self._stats.count("published")
-        age = self.get_clock().now() - Time.from_msg(msg.header.stamp)
-        self._stats.add_time("age", age.nanoseconds * 1e-9)
-
+        camera.results.publish(result)
+        camera.stats.add_time("publish", publish_time + time.perf_counter() - start)
+        camera.stats.count("published")
+        age = self.get_clock().now() - Time.from_msg(frame.msg.header.stamp)
+        camera.stats.add_time("age", age.nanoseconds * 1e-9)
         # Drawing costs time: only for an actual viewer.
-        if self._debug_publisher is not None and self._debug_publisher.get_subscription_count() > 0:
+        if camera.debug_images is not None and camera.debug_images.get_subscription_count() > 0:
             overlay = draw_overlay(rgb, result)
-            self._debug_publisher.publish(Image(header=msg.header, **rgb_to_imgmsg_fields(overlay)))
-        if with_depth:
-            self._publish_pose_views(result, poses)
+            camera.debug_images.publish(Image(header=frame.msg.header, **rgb_to_imgmsg_fields(overlay)))
+        if camera.depth_cache is not None:
+            self._publish_pose_views(camera, result, poses)
 
-    def _paired_depth(self, header, wait: float = 0.0):
-        """The cached depth image closest to header's stamp within depth_sync_tolerance (waiting up to wait s
-        for one), or None."""
-        tolerance = round(self._params["depth_sync_tolerance"] * 1e9)
-        return self._depth_cache.closest(stamp_ns(header), tolerance, wait)
-
-    def _add_poses(self, result: BoxMasks, instances, depth) -> list[CartonPose]:
-        """Fills result's pose fields from depth (None: no match); the poses, or [] when the frame gets none."""
-        height, width = result.height, result.width
-        # Each problem logs on its own line: throttling is per call site, so one cannot hide another.
-        if depth is None:
-            self._count_no_poses(result, "no depth match")
-            self.get_logger().warning(f"frame published without poses: no depth image within "
-                                      f"{self._params['depth_sync_tolerance']} s of the colour image's stamp",
-                                      throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
-            return []
-        info = self._camera_info
+    def _add_poses(self, camera: Camera, result: BoxMasks, instances, depth) -> list:
+        p = self._params
         try:
-            if info is None:
-                raise CameraInfoError(f"no CameraInfo yet on {self._params['camera_info_topic']}")
-            if (info.width, info.height) != (width, height):
-                raise CameraInfoError(f"CameraInfo is {info.width}x{info.height} but the colour image is "
-                                      f"{width}x{height}: it must be the colour camera's")
-            intrinsics = camera_model_from_info(info, self._params["camera_geometry"])
-        except CameraInfoError as error:
-            self._count_no_poses(result, "no camera info")
-            self.get_logger().warning(f"frame published without poses: {error}",
-                                      throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
+            poses = fill_poses(result, instances, depth, camera.camera_info, p, camera.registration)
+        except NoPoses as reason:
+            camera.stats.count(reason.event)
+            camera.stats.count(f"pose {PoseStatus.NONE.name}", len(result.boxes))
+            self._log((reason.event, camera.name), self.get_logger().warning,
+                      f"{camera.label}frame published without poses: {reason}")
             return []
-        try:
-            depth_m = depth_to_metres(depth_image_to_array(depth), depth.encoding, (height, width),
-                                      self._params["depth_divisor"])
-        except ValueError as error:
-            self._count_no_poses(result, "bad depth")
-            self.get_logger().error(f"frame published without poses: {error}",
-                                    throttle_duration_sec=BAD_FRAME_LOG_PERIOD)
-            return []
-        self._registration.add(instances, depth_m)
-        depth_m = self._registration.corrected(depth_m)  # moved back by the misregistration found, if any
-        poses = estimate_poses(instances, depth_m, intrinsics, up=self._up)
-        add_poses(result, poses, pick_order(instances, poses, (height, width), up=self._up))
         for pose in poses:
-            self._stats.count(f"pose {pose.status.name}")
+            camera.stats.count(f"pose {pose.status.name}")
         return poses
 
-    def _count_no_poses(self, result: BoxMasks, reason: str) -> None:
-        self._stats.count(reason)
-        for _ in result.boxes:
-            self._stats.count(f"pose {PoseStatus.NONE.name}")
-
-    def _publish_pose_views(self, result: BoxMasks, poses: list[CartonPose]) -> None:
+    def _publish_pose_views(self, camera: Camera, result: BoxMasks, poses: list) -> None:
         """The OK poses as a PoseArray and as RViz markers, in pick order, each only for an actual subscriber."""
         picks = sorted((box for box in result.boxes if box.pose_status == PoseStatus.OK), key=lambda b: b.pick_rank)
-        if self._poses_publisher.get_subscription_count() > 0:
-            self._poses_publisher.publish(PoseArray(header=result.header, poses=[box.pose for box in picks]))
-        if self._markers_publisher is not None and self._markers_publisher.get_subscription_count() > 0:
-            self._markers_publisher.publish(pick_markers(result.header, picks, poses))
+        if camera.poses.get_subscription_count() > 0:
+            camera.poses.publish(PoseArray(header=result.header, poses=[box.pose for box in picks]))
+        if camera.markers is not None and camera.markers.get_subscription_count() > 0:
+            camera.markers.publish(pick_markers(result.header, picks, poses))
+
+    def _log(self, key, log, message: str) -> None:
+        """log(message), at most once per BAD_FRAME_LOG_PERIOD for each kind of problem (key)."""
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -BAD_FRAME_LOG_PERIOD) >= BAD_FRAME_LOG_PERIOD:
+            self._last_logged[key] = now
+            log(message)
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         elapsed, self._last_report = now - self._last_report, now
-        totals, counts, times = self._stats.report()
-
-        def milliseconds(values, reduce):
-            return f"{1000 * reduce(values):.1f}" if values else "nan"
-
-        values = {
-            "device": str(self._segmenter.device),
-            "input rate (Hz)": f"{counts['received'] / elapsed:.1f}",
-            "output rate (Hz)": f"{counts['published'] / elapsed:.1f}",
-            "frames received": str(totals["received"]),
-            "frames published": str(totals["published"]),
-            "frames dropped": str(totals["dropped"]),
-            "frames dropped per second": f"{counts['dropped'] / elapsed:.1f}",
-            "bad frames": str(totals["bad"]),
-            "failed frames": str(totals["failed"]),
-        }
-        with_depth = self._depth_cache is not None
-        offset = None
-        if with_depth:
-            values["depth images received"] = str(totals["depth received"])
-            values.update({key: str(totals[event]) for event, key in NO_POSE_REASONS.items()})
-            # Cartons by pose status, e.g. "poses SPARSE_DEPTH": why cartons get no pick.
-            values.update({f"poses {status.name}": str(totals[f"pose {status.name}"]) for status in PoseStatus})
-            offset = self._registration.offset()
-            values["depth registration offset (px)"] = "unknown" if offset is None else "{:.1f}, {:.1f}".format(*offset)
-        for stage in (*STAGES, "age"):
-            if stage != "poses" or with_depth:
-                values[f"{stage} mean (ms)"] = milliseconds(times[stage], np.mean)
-                values[f"{stage} max (ms)"] = milliseconds(times[stage], max)
-
-        without_poses = [event for event in NO_POSE_REASONS if counts[event]]
-        misregistered = offset is not None and np.hypot(*offset) > MAX_REGISTRATION_OFFSET
-        if counts["failed"]:
-            level, message = DiagnosticStatus.ERROR, "segmentation failing"
-        elif counts["bad"]:
-            level, message = DiagnosticStatus.WARN, "bad input images"
-        elif without_poses:
-            level, message = DiagnosticStatus.WARN, "frames without poses: " + ", ".join(without_poses)
-        elif misregistered:
-            level, message = DiagnosticStatus.WARN, (f"depth image {np.hypot(*offset):.1f} px off the colour image: "
-                                                     "check the depth-to-colour calibration")
-        elif not counts["received"]:
-            level, message = DiagnosticStatus.OK, "waiting for images"
-        else:
-            rates = values["input rate (Hz)"], values["output rate (Hz)"]
-            level, message = DiagnosticStatus.OK, "{} Hz in, {} Hz out".format(*rates)
-        name = f"{self.get_fully_qualified_name().lstrip('/')}: segmentation"  # diagnostic_aggregator style
-        status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=values["device"],
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        array = DiagnosticArray(status=[status])
+        node = self.get_fully_qualified_name().lstrip("/")
+        array = DiagnosticArray()
+        for camera in self._cameras.values():
+            name = f"{node}: segmentation" + (f" ({camera.name})" if camera.name else "")  # diagnostic_aggregator
+            with_depth = camera.depth_cache is not None
+            status = camera_status(name, str(self._segmenter.device), camera.stats, elapsed, with_depth,
+                                   camera.registration.offset() if with_depth else None)
+            if not self._active:
+                status.message = "inactive"
+            array.status.append(status)
         array.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_publisher.publish(array)
+        self._diagnostics.publish(array)
 
     def stop(self) -> None:
-        """Lets the worker finish its frame and end."""
-        self._mailbox.close()
-        self._worker.join(timeout=10.0)
+        """The process ends: stop processing and free everything, whatever the lifecycle state."""
+        self._stop_processing()
+        self._release()
 
 
 def stop_on_first_signal() -> None:
     """Makes SIGINT and SIGTERM request one stop, and any later one harmless.
 
-    Ctrl-C under `ros2 launch` arrives twice (the terminal's SIGINT, then launch's own), and a
-    supervisor may repeat SIGTERM: a repeat must not interrupt the shutdown with a
-    KeyboardInterrupt (or kill it by SIGTERM's default action). Installed before rclpy.init(),
-    whose handlers shut the context down, wake the executor and then chain to this one; nothing
-    raises, so no half-done call is cut short.
+    Ctrl-C under `ros2 launch` arrives twice (the terminal's SIGINT, then launch's own), and a supervisor may
+    repeat SIGTERM: a repeat must not interrupt the shutdown with a KeyboardInterrupt (or kill it by SIGTERM's
+    default action). Installed before rclpy.init(), whose handlers shut the context down, wake the executor and
+    then chain to this one; nothing raises, so no half-done call is cut short.
     """
     def ignore_further_signals(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -431,16 +436,18 @@ def stop_on_first_signal() -> None:
 def main(args=None) -> int:
     stop_on_first_signal()
     rclpy.init(args=args)
-    # Made before the slow start-up: a stop signal then cannot catch the executor half-built (rclpy.spin
-    # would make one only after it).
-    executor = SingleThreadedExecutor()
+    # Made before the slow start-up, so that a stop signal during it cannot catch it half-built.
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
     node = None
     try:
         node = SegmentNode()
-        rclpy.spin(node, executor)
-    except StartupError as error:
-        get_logger(NODE_NAME).fatal(str(error))
-        return 1
+        executor.add_node(node)
+        if node.autostart:
+            started = (node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+                       and node.trigger_activate() == TransitionCallbackReturn.SUCCESS)
+            if not started:  # configure said why, in one line; or a stop signal came during start-up
+                return 1 if rclpy.ok() else 0
+        executor.spin()
     except ExternalShutdownException:
         pass  # Ctrl-C or SIGTERM: a normal stop
     except Exception:
@@ -451,6 +458,7 @@ def main(args=None) -> int:
         if node is not None:
             node.stop()
             node.destroy_node()
+        executor.shutdown()
         rclpy.try_shutdown()
     return 0
 
