@@ -56,7 +56,9 @@ NODE_NAME = "segment_node"
 PARAMETERS = {
     "checkpoint": ("", "Path of the model checkpoint (.pt) written by training. Required.", True),
     "device": ("auto", "auto (CUDA if available, else CPU with a warning), cpu, cuda or cuda:N.", True),
-    "half": (False, "Run the model in float16 (CUDA only).", True),
+    "precision": ("fp32", "fp32; bf16 (CPUs with AVX512-BF16 or AMX, or CUDA); fp16 (CUDA). What the device "
+                          "cannot run falls back to fp32 with a warning.", True),
+    "threads": (0, "torch CPU threads, set once at start; 0: torch's default (one per physical core).", True),
     "score_threshold": (-1.0, "Minimum detection score in [0, 1]; -1: the checkpoint's value.", True),
     "mask_threshold": (-1.0, "Mask probability above which a pixel is carton, in [0, 1]; -1: the checkpoint's.",
                        True),
@@ -209,7 +211,7 @@ class SegmentNode(Node):
             return None if p[name] == -1 else p[name]
 
         try:
-            return Segmenter(p["checkpoint"], device=p["device"], half=p["half"],
+            return Segmenter(p["checkpoint"], device=p["device"], precision=p["precision"], threads=p["threads"],
                              score_threshold=unless_default("score_threshold"),
                              mask_threshold=unless_default("mask_threshold"),
                              max_detections=unless_default("max_detections"))
