@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 
 from box_segmentation.evaluation.scd_layout import split_paths
 
@@ -30,11 +31,10 @@ class DataError(ValueError):
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """Tight XYXY boxes of (N, H, W) masks, in pixel edges (a one-pixel mask is 1x1); empty masks give zeros."""
     boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    for i in range(masks.shape[0]):
-        ys, xs = rows[i].nonzero(), cols[i].nonzero()
-        if len(ys):
-            boxes[i] = torch.tensor([xs[0, 0], ys[0, 0], xs[-1, 0] + 1, ys[-1, 0] + 1], dtype=torch.float32)
+    present = masks.flatten(1).any(dim=1).bool()  # any() of uint8 is uint8
+    if present.any():
+        # masks_to_boxes gives the last pixel's index as x2, y2; edges are one further.
+        boxes[present] = masks_to_boxes(masks[present]).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
     return boxes
 
 
