@@ -13,7 +13,9 @@
                       the same 50 detections per frame
 
 Every model has random weights (weights=None: nothing is downloaded), so accuracy figures here say
-only that the paths agree; speed figures are real. Without a CUDA GPU it exits with status 2 and
+only that the paths agree; speed figures are real. It needs the project's environment (make setup:
+requirements.txt, the ROS 2 wheels, the generated messages); a step whose part is missing fails
+in its row and the others still run. Without a CUDA GPU it exits with status 2 and
 says so. --rehearse runs the same steps on the CPU with the small model and tiny inputs, to test
 this script itself: its figures mean nothing.
 
@@ -35,7 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 
 import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
 import torch  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 
@@ -169,12 +170,15 @@ class LatencyClient:
     """Publishes one frame at a time (reliable) and times the reply carrying its stamp."""
 
     def __init__(self, rgb: np.ndarray, reply_type, reply_topic: str):
+        import rclpy
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
         from box_segmentation.image_conversion import rgb_to_imgmsg_fields
 
-        self.message = Image(**rgb_to_imgmsg_fields(rgb))
+        if not rclpy.ok():
+            rclpy.init()
+        self.rclpy, self.message = rclpy, Image(**rgb_to_imgmsg_fields(rgb))
         self.node = rclpy.create_node("gpu_check_client")
         reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.publisher = self.node.create_publisher(Image, IMAGE_TOPIC, reliable)
@@ -189,7 +193,7 @@ class LatencyClient:
         self.publisher.publish(self.message)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rclpy.spin_once(self.node, timeout_sec=0.01)
+            self.rclpy.spin_once(self.node, timeout_sec=0.01)
             for received, sec, nanosec in self.replies[-3:]:
                 if (sec, nanosec) == stamp:
                     return received - now
@@ -284,7 +288,6 @@ def main(argv=None) -> int:
         print(f"[{status}] {name}: {result}", flush=True)
         return result
 
-    rclpy.init()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         from synthetic import generate_dataset
