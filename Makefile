@@ -3,7 +3,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 VENV := .venv/bin
 
-.PHONY: setup test lint demo
+.PHONY: setup test lint demo gpu-check
 
 setup:
 	scripts/setup.sh
@@ -17,3 +17,7 @@ lint: setup
 
 demo: setup
 	$(VENV)/python scripts/demo.py
+
+# Every CUDA path in a few minutes, one table; exits 2 without a GPU.
+gpu-check: setup
+	$(VENV)/python scripts/gpu_check.py

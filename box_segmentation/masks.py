@@ -49,23 +49,26 @@ def masks_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tu
     height, width = image_size
     padded, scale = expand_masks(mask_probs[:, None].float(), padding=1)
     int_boxes = expand_boxes(boxes.float(), scale).to(torch.int64).tolist()
-    crops, placements = [], []
-    for probs, (x1, y1, x2, y2) in zip(padded, int_boxes, strict=True):
-        box_w, box_h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
-        resized = F.interpolate(probs[None], size=(box_h, box_w), mode="bilinear", align_corners=False)[0, 0]
+    # One resize per box: boxes differ in size, and F.interpolate is the arithmetic
+    # paste_masks_in_image uses (a hand-written batched resize rounds differently and flips pixels).
+    # Each box is thresholded straight into one buffer: no concatenation, and one transfer.
+    sizes = [(max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)) for x1, y1, x2, y2 in int_boxes]
+    binary = torch.empty(sum(h * w for h, w in sizes), dtype=torch.bool, device=mask_probs.device)
+    start = 0
+    for probs, (box_h, box_w) in zip(padded, sizes, strict=True):
+        resized = F.interpolate(probs[None], size=(box_h, box_w), mode="bilinear", align_corners=False)
+        torch.gt(resized.view(-1), threshold, out=binary[start:start + box_h * box_w])
+        start += box_h * box_w
+    flat = binary.cpu().numpy().view(np.uint8)  # bool and uint8 share their bytes
+    crops, start = [], 0
+    for (x1, y1, _, _), (box_h, box_w) in zip(int_boxes, sizes, strict=True):
+        box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
+        start += box_h * box_w
         # The part of the box inside the image, as paste_mask_in_image copies it.
         x0, y0 = max(x1, 0), max(y1, 0)
-        x_end, y_end = min(x2 + 1, width), min(y2 + 1, height)
-        inside = resized[y0 - y1:max(y_end - y1, 0), x0 - x1:max(x_end - x1, 0)]
-        crops.append(inside.flatten())
-        placements.append((x0, y0, inside.shape[0], inside.shape[1]))
-    # One threshold and one transfer for all instances.
-    flat = (torch.cat(crops) > threshold).to(torch.uint8).cpu().numpy()
-    result, start = [], 0
-    for x0, y0, h, w in placements:
-        result.append(BoxCrop(x0, y0, flat[start:start + h * w].reshape(h, w)))
-        start += h * w
-    return result
+        crops.append(BoxCrop(x0, y0, box[y0 - y1:max(min(y1 + box_h, height) - y1, 0),
+                                         x0 - x1:max(min(x1 + box_w, width) - x1, 0)]))
+    return crops
 
 
 def tight_roi(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -75,12 +78,20 @@ def tight_roi(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 def centroid(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[float, float]:
     """Mean pixel centre (x, y) of the nonzero pixels; pixel (u, v) has its centre at (u + 0.5, v + 0.5)."""
-    # Column and row counts: several times faster than cv2.moments on a binary image.
-    columns = cv2.reduce(mask, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
-    rows = cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
-    area = int(columns.sum())
-    if area == 0:
+    columns, rows = _pixel_counts(mask)
+    if not columns.any():
         raise ValueError("centroid of an empty mask")
+    return _centroid_of_counts(columns, rows, x_offset, y_offset)
+
+
+def _pixel_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Column and row counts: several times faster than cv2.moments on a binary image.
+    return (cv2.reduce(mask, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel(),
+            cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel())
+
+
+def _centroid_of_counts(columns, rows, x_offset, y_offset) -> tuple[float, float]:
+    area = int(columns.sum())
     return (x_offset + float(columns @ np.arange(columns.size)) / area + 0.5,
             y_offset + float(rows @ np.arange(rows.size)) / area + 0.5)
 
@@ -96,32 +107,30 @@ def rotated_rect(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tupl
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         raise ValueError("rotated rectangle of an empty mask")
-    rect = cv2.minAreaRect(np.concatenate(contours).reshape(-1, 2))
-    # Read the sides from the rectangle's corners: OpenCV's angle convention changed between versions.
-    points = cv2.boxPoints(rect)
-    side_a, side_b = points[1] - points[0], points[2] - points[1]
-    long_side, short_side = (side_a, side_b) if np.hypot(*side_a) >= np.hypot(*side_b) else (side_b, side_a)
-    angle = math.atan2(float(long_side[1]), float(long_side[0]))
-    if angle >= math.pi / 2:
-        angle -= math.pi
-    elif angle < -math.pi / 2:
-        angle += math.pi
-    (center_x, center_y), _, _ = rect
-    return (x_offset + center_x + 0.5, y_offset + center_y + 0.5,
-            float(np.hypot(*long_side)) + 1.0, float(np.hypot(*short_side)) + 1.0, angle)
+    (center_x, center_y), (side_w, side_h), degrees = cv2.minAreaRect(np.concatenate(contours).reshape(-1, 2))
+    # The sides as cv2.boxPoints draws them: side_w along (cos, sin) of the angle, side_h along
+    # (sin, -cos). Read this way, any OpenCV version's angle convention gives the same result.
+    radians = math.radians(degrees)
+    length, width, angle = (side_h, side_w, radians - math.pi / 2) if side_h >= side_w else (side_w, side_h, radians)
+    angle = (angle + math.pi / 2) % math.pi - math.pi / 2  # the long side has no head: [-pi/2, pi/2)
+    return (x_offset + center_x + 0.5, y_offset + center_y + 0.5, length + 1.0, width + 1.0, angle)
 
 
 def describe(crop: BoxCrop) -> MaskShape | None:
     """Tight roi, cropped mask and shape measures of a box crop; None if the mask is empty."""
-    x, y, w, h = tight_roi(crop.mask)
-    if w == 0 or h == 0:
+    columns, rows = _pixel_counts(crop.mask)  # one pass each gives the roi, area and centroid
+    occupied_columns = np.flatnonzero(columns)
+    if occupied_columns.size == 0:
         return None
+    occupied_rows = np.flatnonzero(rows)
+    x, y = int(occupied_columns[0]), int(occupied_rows[0])
+    w, h = int(occupied_columns[-1]) + 1 - x, int(occupied_rows[-1]) + 1 - y
     mask = np.ascontiguousarray(crop.mask[y:y + h, x:x + w])
     x_offset, y_offset = crop.x_offset + x, crop.y_offset + y
     return MaskShape(
         roi=(x_offset, y_offset, w, h),
         mask=mask,
-        area=int(cv2.countNonZero(mask)),
-        centroid=centroid(mask, x_offset, y_offset),
+        area=int(columns.sum()),
+        centroid=_centroid_of_counts(columns, rows, crop.x_offset, crop.y_offset),
         rotated_rect=rotated_rect(mask, x_offset, y_offset),
     )

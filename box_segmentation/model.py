@@ -76,7 +76,7 @@ ARCH_DEFAULTS = {
         "min_size": 256, "max_size": 448,
         "rpn_batch_size_per_image": 64,
         "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
-        "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 500,
+        "rpn_pre_nms_top_n_test": 1000,
         "box_batch_size_per_image": 128,
     },
 }
@@ -108,7 +108,9 @@ class ModelConfig:
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
+    # torchvision's 1000 scored no better than 300 on synthetic validation scenes and cost up to a third
+    # of CPU inference (benchmarks/bench_inference.py, README); 300 still leaves one per detection.
+    rpn_post_nms_top_n_test: int = 300
     box_batch_size_per_image: int = 512
     # OSCD averages 20 cartons an image and dense stacks reach past 100, torchvision's cap.
     box_detections_per_img: int = 300

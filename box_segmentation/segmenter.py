@@ -19,7 +19,7 @@ import torch
 from torchvision.models.detection.transform import resize_boxes
 
 from box_segmentation.masks import describe, masks_in_boxes
-from box_segmentation.model import ModelConfig, load_model
+from box_segmentation.model import ModelConfig, load_model, read_checkpoint
 from box_segmentation.types import Instance
 
 
@@ -52,38 +52,83 @@ def select_device(requested: str) -> tuple[torch.device, list[str]]:
     return device, []
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as torch itself detects it.
+
+    Without either, bfloat16 on a CPU is emulated and slower than float32.
+    """
+    # torch.cpu's checks are the ones oneDNN acts on; they are underscored, so absent means unknown.
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def select_precision(requested: str, device: torch.device) -> tuple[str, list[str]]:
+    """fp32 | bf16 | fp16 -> (the precision that runs on device, warnings). What the device lacks runs fp32."""
+    precision = str(requested).strip().lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        return "fp32", [f"precision fp16 needs CUDA; running fp32 on {device} (bf16 is the CPU's reduced precision)"]
+    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        return "fp32", ["precision bf16 needs a CPU with AVX512-BF16 or AMX (emulated it is slower); running fp32"]
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp32", [f"precision bf16 is not supported on {torch.cuda.get_device_name(device)}; running fp32"]
+    return precision, []
+
+
 class Segmenter:
     """Mask R-CNN inference from a checkpoint path: `segmenter(rgb)` -> list of Instance.
 
-    score_threshold, mask_threshold and max_detections default to the checkpoint's
-    (score_threshold, mask_threshold, box_detections_per_img). half runs the model under
-    float16 autocast on CUDA (ignored, with a warning, on the CPU).
+    score_threshold, mask_threshold, max_detections and proposals (RPN proposals kept after
+    NMS) default to the checkpoint's (score_threshold, mask_threshold, box_detections_per_img,
+    rpn_post_nms_top_n_test).
+    precision: fp32; bf16 (bfloat16 autocast and channels_last weights, on CPUs with AVX512-BF16
+    or AMX, or on CUDA); fp16 (float16 autocast and channels_last, CUDA only). What the device
+    cannot run falls back to fp32 with a warning; see benchmarks/bench_inference.py for the
+    speed and mask AP of each.
+    threads: torch's CPU threads, set once here (torch.set_num_threads is process-wide);
+    0 leaves torch's default, one per physical core.
     After each call, last_timings holds the seconds of "preprocess", "infer",
     "postprocess" and "total"; warnings holds messages worth logging once.
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", half: bool = False,
+    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "fp32", threads: int = 0,
                  score_threshold: float | None = None, mask_threshold: float | None = None,
-                 max_detections: int | None = None):
+                 max_detections: int | None = None, proposals: int | None = None):
         self.device, self.warnings = select_device(device)
-        self.half = bool(half)
-        if self.half and self.device.type != "cuda":
-            self.warnings.append(f"half precision needs CUDA; running in float32 on {self.device}")
-            self.half = False
-        self.model, self.checkpoint_config = load_model(checkpoint, self.device)
-        saved = self.checkpoint_config
+        self.precision, precision_warnings = select_precision(precision, self.device)
+        self.warnings += precision_warnings
+        if int(threads) < 0:
+            raise ValueError(f"threads must be 0 (torch's default) or more, got {threads}")
+        if int(threads) > 0:
+            torch.set_num_threads(int(threads))
+        payload = read_checkpoint(checkpoint)
+        saved = ModelConfig.from_dict(payload["config"])
         # The settings in use: the checkpoint's, with the caller's overrides.
         self.config: ModelConfig = dataclasses.replace(
             saved,
             score_threshold=saved.score_threshold if score_threshold is None else float(score_threshold),
             mask_threshold=saved.mask_threshold if mask_threshold is None else float(mask_threshold),
             box_detections_per_img=saved.box_detections_per_img if max_detections is None else int(max_detections),
+            rpn_post_nms_top_n_test=saved.rpn_post_nms_top_n_test if proposals is None else int(proposals),
         )
         for name in ("score_threshold", "mask_threshold"):
             if not 0.0 <= getattr(self.config, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self.config, name)}")
         if self.config.box_detections_per_img < 1:
             raise ValueError(f"max_detections must be at least 1, got {self.config.box_detections_per_img}")
+        if self.config.rpn_post_nms_top_n_test < 1:
+            raise ValueError(f"proposals must be at least 1, got {self.config.rpn_post_nms_top_n_test}")
+        # Built from the settings in use: the RPN takes its proposal count at construction.
+        self.model, _ = load_model({**payload, "config": self.config.to_dict()}, self.device)
+        self.checkpoint_config = saved
+        if self.precision != "fp32":
+            # Convolutions in reduced precision run fastest on NHWC (oneDNN on CPUs, tensor cores on GPUs).
+            self.model.to(memory_format=torch.channels_last)
         # Filtering inside the ROI heads (before NMS and the mask head) saves mask-head work
         # and keeps the same detections as filtering afterwards.
         self.model.roi_heads.score_thresh = self.config.score_threshold
@@ -121,7 +166,8 @@ class Segmenter:
         with torch.inference_mode():
             tensors = [self._to_tensor(rgb) for rgb in images]
             preprocessed = self._sync()
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+            with torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.precision, torch.float32),
+                                enabled=self.precision != "fp32"):
                 detections = self._detect(tensors, sizes)
             inferred = self._sync()
             for (boxes, scores, labels, mask_probs), size in zip(detections, sizes, strict=True):

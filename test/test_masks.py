@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import boxes as box_ops
 
 from box_segmentation.masks import BoxCrop, centroid, describe, masks_in_boxes, rotated_rect, tight_roi
 
@@ -89,3 +90,30 @@ def test_masks_in_boxes_leaves_the_process_wide_thread_count_alone(monkeypatch):
     boxes = torch.tensor([[0.0, 0.0, 200.0, 150.0], [20.0, 30.0, 90.0, 80.0], [5.0, 5.0, 6.0, 6.0]])
     assert len(masks_in_boxes(probs, boxes, (160, 220), threshold=0.5)) == 3
     assert calls == []
+
+
+def test_many_boxes_keep_torchvision_pixels_and_shapes():
+    """Smooth probabilities (many pixels near the threshold), boxes of every size, some at the border
+    (the model clips its boxes to the image; the mask's padding and box expansion then cross it)."""
+    generator = torch.Generator().manual_seed(1)
+    height, width = 240, 320
+    coarse = torch.rand(24, 1, 7, 7, generator=generator)
+    probs = torch.nn.functional.interpolate(coarse, size=(28, 28), mode="bicubic", align_corners=False)[:, 0]
+    corners = torch.rand(24, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0])
+    sizes = torch.rand(24, 2, generator=generator) * 200 + 1
+    boxes = box_ops.clip_boxes_to_image(torch.cat([corners, corners + sizes], dim=1), (height, width))
+    crops = masks_in_boxes(probs, boxes, (height, width), threshold=0.5)
+    pasted = (paste_masks_in_image(probs[:, None], boxes, (height, width))[:, 0] > 0.5).numpy().astype(np.uint8)
+    for crop, expected in zip(crops, pasted, strict=True):
+        full = np.zeros((height, width), np.uint8)
+        h, w = crop.mask.shape
+        full[crop.y_offset:crop.y_offset + h, crop.x_offset:crop.x_offset + w] = crop.mask
+        np.testing.assert_array_equal(full, expected)
+        shape = describe(crop)
+        if not expected.any():
+            assert shape is None
+            continue
+        # The shape of the crop is the shape of the full-frame mask.
+        assert shape.roi == tight_roi(expected) and shape.area == int(expected.sum())
+        assert shape.centroid == pytest.approx(centroid(expected))
+        assert shape.rotated_rect == pytest.approx(rotated_rect(expected))

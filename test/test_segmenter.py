@@ -1,12 +1,17 @@
 """Segmenter: a tiny random-weight checkpoint, checked against torchvision's own full-frame output."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from synthetic import dataset_scene
 
 from box_segmentation.model import CheckpointError, ModelConfig, build_model, save_checkpoint
-from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
+from box_segmentation.segmenter import DeviceUnavailableError, Segmenter, cpu_supports_bf16
 from box_segmentation.types import Instance
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "carton_r18_synthetic.pt"
 
 HEIGHT, WIDTH = 120, 150
 MAX_DETECTIONS = 6
@@ -147,10 +152,10 @@ def test_cuda_without_cuda_raises_clearly_and_auto_falls_back(checkpoint):
     for device in ("cuda", "cuda:1"):
         with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
             Segmenter(checkpoint, device=device)
-    segmenter = Segmenter(checkpoint, device="auto", half=True)
+    segmenter = Segmenter(checkpoint, device="auto", precision="fp16")
     assert segmenter.device == torch.device("cpu")
     assert any("CPU" in warning for warning in segmenter.warnings)
-    assert any("half" in warning for warning in segmenter.warnings) and not segmenter.half
+    assert any("fp16 needs CUDA" in warning for warning in segmenter.warnings) and segmenter.precision == "fp32"
     with pytest.raises(ValueError, match="device"):
         Segmenter(checkpoint, device="tpu")
 
@@ -168,3 +173,43 @@ def test_a_batch_gives_each_image_its_own_instances(segmenter, image, instances)
     for instance in segmenter.segment_batch([image, small])[1]:
         x, y, w, h = instance.roi
         assert x + w <= 90 and y + h <= 60
+
+
+def test_proposals_and_threads_are_applied_and_checked(checkpoint):
+    threads = torch.get_num_threads()
+    try:
+        segmenter = Segmenter(checkpoint, device="cpu", proposals=7, threads=1)
+        assert segmenter.model.rpn.post_nms_top_n() == 7 and segmenter.config.rpn_post_nms_top_n_test == 7
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    saved = segmenter.checkpoint_config.rpn_post_nms_top_n_test
+    assert saved != 7 and Segmenter(checkpoint, device="cpu").model.rpn.post_nms_top_n() == saved
+    with pytest.raises(ValueError, match="proposals"):
+        Segmenter(checkpoint, device="cpu", proposals=0)
+    with pytest.raises(ValueError, match="threads"):
+        Segmenter(checkpoint, device="cpu", threads=-1)
+    with pytest.raises(ValueError, match="precision"):
+        Segmenter(checkpoint, device="cpu", precision="fp8")
+
+
+def mask_iou(a: Instance, b: Instance, shape) -> float:
+    full_a, full_b = np.zeros(shape, bool), np.zeros(shape, bool)
+    for full, instance in ((full_a, a), (full_b, b)):
+        x, y, w, h = instance.roi
+        full[y:y + h, x:x + w] = instance.mask.astype(bool)
+    return (full_a & full_b).sum() / (full_a | full_b).sum()
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX512-BF16 or AMX")
+def test_bf16_on_the_cpu_finds_what_fp32_finds():
+    rgb = dataset_scene(1, "val", 0, 320, 240).image  # the shipped model's own validation scenes
+    fp32 = Segmenter(SHIPPED_MODEL, device="cpu")(rgb)
+    segmenter = Segmenter(SHIPPED_MODEL, device="cpu", precision="bf16")
+    assert segmenter.precision == "bf16" and not segmenter.warnings
+    assert segmenter.model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    bf16 = segmenter(rgb)
+    assert len(fp32) >= 3 and abs(len(bf16) - len(fp32)) <= 1
+    # Every fp32 carton has a bf16 twin, all but possibly one near the score threshold.
+    matched = [max((mask_iou(a, b, rgb.shape[:2]) for b in bf16), default=0.0) for a in fp32]
+    assert sum(iou > 0.9 for iou in matched) >= len(fp32) - 1, matched

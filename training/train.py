@@ -72,7 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="mixed precision (CUDA only)")
     parser.add_argument("--iters-per-epoch", type=int, default=0,
                         help="stop each epoch after this many batches (0: the whole training set)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="data loading processes per training process; one prepares 3-13 images/s "
+                             "(1280x960-640x480, benchmarks/bench_data_pipeline.py), a GPU trains R50 faster")
     parser.add_argument("--aspect-ratio-group-factor", type=int, default=3,
                         help="batch images of similar aspect ratio (-1: no grouping)")
     parser.add_argument("--size-mismatch", choices=["rescale", "skip"], default="rescale",

@@ -18,7 +18,9 @@ from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
 PARAMETERS = {
     "checkpoint": ("", "Path of the model checkpoint (.pt) written by training. Required."),
     "device": ("auto", "auto (CUDA if available, else CPU with a warning), cpu, cuda or cuda:N."),
-    "half": (False, "Run the model in float16 (CUDA only)."),
+    "precision": ("fp32", "fp32; bf16 (CPUs with AVX512-BF16 or AMX, or CUDA); fp16 (CUDA). What the device "
+                          "cannot run falls back to fp32 with a warning."),
+    "threads": (0, "torch CPU threads, set once at configure; 0: torch's default (one per physical core)."),
     "score_threshold": (-1.0, "Minimum detection score in [0, 1]; -1: the checkpoint's value."),
     "mask_threshold": (-1.0, "Mask probability above which a pixel is carton, in [0, 1]; -1: the checkpoint's."),
     "max_detections": (-1, "Most instances published per image, highest scores first; -1: the checkpoint's."),
@@ -113,7 +115,8 @@ def load_segmenter(params: dict) -> Segmenter:
         return None if params[name] == -1 else params[name]
 
     try:
-        return Segmenter(params["checkpoint"], device=params["device"], half=params["half"],
+        return Segmenter(params["checkpoint"], device=params["device"], precision=params["precision"],
+                         threads=params["threads"],
                          score_threshold=unless_default("score_threshold"),
                          mask_threshold=unless_default("mask_threshold"),
                          max_detections=unless_default("max_detections"))
