@@ -349,7 +349,9 @@ def test_segment_service_fails_cleanly(started, probe):
     ({"depth_divisor": 0.0}, "depth_divisor must be positive"),
     ({"request_timeout": -1.0}, "request_timeout must be positive"),
     ({"depth_sync_tolerance": -0.1}, "depth_sync_tolerance must be at least 0"),
-    ({"half": "yes"}, "half must be a boolean"),
+    ({"precision": "fp8"}, "precision must be one of ['fp32', 'bf16', 'fp16']"),
+    ({"threads": 1.5}, "threads must be an integer"),
+    ({"publish_markers": "yes"}, "publish_markers must be a boolean"),
     ({"max_detections": 2.5}, "max_detections must be an integer"),
 ])
 def test_bad_parameters_are_refused_in_one_line(values, message):
@@ -386,7 +388,7 @@ def test_a_failed_configure_leaves_the_node_unconfigured_and_a_good_one_then_wor
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert node.set_parameters([Parameter("checkpoint", value=str(tiny_checkpoint))])[0].successful
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert not node.set_parameters([Parameter("half", value=True)])[0].successful  # read at configure
+        assert not node.set_parameters([Parameter("precision", value="bf16")])[0].successful  # read at configure
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         node.destroy_node()
     finally:

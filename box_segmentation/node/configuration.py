@@ -11,7 +11,7 @@ import numpy as np
 
 from box_segmentation.camera_model import CAMERA_GEOMETRIES
 from box_segmentation.model import CheckpointError
-from box_segmentation.segmenter import DeviceUnavailableError, Segmenter
+from box_segmentation.segmenter import PRECISIONS, DeviceUnavailableError, Segmenter
 
 # Every parameter: name -> (default, description). They are read at configure: change them while the node is
 # unconfigured (or restart it); a set while configured is refused.
@@ -56,8 +56,8 @@ PARAMETERS = {
     "autostart": (True, "Configure and activate at start, so `ros2 run` and `ros2 launch` just work. false: wait "
                         "for a lifecycle manager's transitions."),
 }
-CHOICES = {"input_type": ("raw", "compressed"), "input_reliability": ("best_effort", "reliable"),
-           "camera_geometry": CAMERA_GEOMETRIES}
+CHOICES = {"precision": PRECISIONS, "input_type": ("raw", "compressed"),
+           "input_reliability": ("best_effort", "reliable"), "camera_geometry": CAMERA_GEOMETRIES}
 CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # one token of a ROS name
 
 
