@@ -136,11 +136,16 @@ def bad_image(kind: str) -> Image:
         "short data": {"data": bytes(1000)},
         "zero size": {"height": 0, "width": 0, "step": 0, "data": b""},
         "absurd size": {"height": 1_000_000, "width": 1_000_000, "step": 3_000_000},
+        # Sizes the model cannot take (its resize makes a side 0): bad input, not a failed frame.
+        "1000x1": {"height": 1, "width": 1000, "encoding": "mono8", "step": 1000, "data": bytes(1000)},
+        "1x1000": {"height": 1000, "width": 1, "encoding": "mono8", "step": 1, "data": bytes(1000)},
+        "2x2000": {"height": 2000, "width": 2, "encoding": "mono8", "step": 2, "data": bytes(4000)},
     }
     return Image(**{**good, **changes[kind]})
 
 
-@pytest.mark.parametrize("kind", ["unknown encoding", "short data", "zero size", "absurd size"])
+@pytest.mark.parametrize("kind", ["unknown encoding", "short data", "zero size", "absurd size", "1000x1", "1x1000",
+                                  "2x2000"])
 def test_bad_image_is_counted_and_the_next_good_one_answered(started, probe, kind):
     before = int(probe.status(STATUS, after=time.time())["bad frames"])
     msg = bad_image(kind)
