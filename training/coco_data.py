@@ -68,7 +68,7 @@ class CocoCartons(torch.utils.data.Dataset):
         try:
             coco = json.loads(self.annotation_file.read_text())
             images, annotations, categories = coco["images"], coco.get("annotations", []), coco["categories"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # AttributeError: not an object
             raise DataError(f"cannot read COCO annotations {self.annotation_file}: {error!r}") from error
         if not all(isinstance(entries, list) for entries in (images, annotations, categories)):
             raise DataError(f"{self.annotation_file}: images, annotations and categories must be lists")
@@ -87,7 +87,7 @@ class CocoCartons(torch.utils.data.Dataset):
         for info in images:
             try:
                 sample = self._scan_image(info, by_image.get(info["id"], []), label_of, size_mismatch)
-            except (KeyError, TypeError, ValueError, AttributeError):
+            except (KeyError, TypeError, ValueError):
                 self.report["images_malformed"] += 1
                 continue
             if sample is None:

@@ -112,10 +112,10 @@ def make_loaders(args, world_size: int, rank: int):
         batches = GroupedBatchSampler(train_sampler, groups, args.batch_size)
     else:
         batches = torch.utils.data.BatchSampler(train_sampler, args.batch_size, drop_last=False)
+    # Not persistent: workers start afresh each epoch, seeded from main()'s per-epoch seed. Persistent ones
+    # would carry their random state across epochs, and a resumed run would augment differently.
     train_loader = torch.utils.data.DataLoader(train, batch_sampler=batches, num_workers=args.workers,
                                                collate_fn=collate)
-    # Workers start afresh each epoch, seeded from the per-epoch seed in main(): persistent ones would carry
-    # their random state across epochs, and a resumed run would augment differently.
     val_sampler = torch.utils.data.DistributedSampler(val, world_size, rank, shuffle=False)
     val_loader = torch.utils.data.DataLoader(val, batch_size=1, sampler=val_sampler, num_workers=args.workers,
                                              collate_fn=collate)
@@ -204,11 +204,12 @@ def main(args) -> None:
     run = None
     if main_process:
         (args.output / "config.json").write_text(json.dumps({"args": run_args, "model": config.to_dict()}, indent=2))
-        precision = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+        precision = {None: "float32", torch.bfloat16: "bfloat16 autocast",
+                     torch.float16: "float16 autocast with a GradScaler"}[amp_dtype]
         if amp_dtype == torch.float16 and args.amp_dtype == "bfloat16":
-            precision += " with a GradScaler (this GPU has no bfloat16)"
+            precision += " (this GPU has no bfloat16)"
         stages = ("every layer" if config.trainable_backbone_layers is None
-                  else f"last {config.trainable_backbone_layers} ResNet stages, BatchNorm frozen")
+                  else f"last {config.trainable_backbone_layers} of 5 ResNet stages")
         print(f"{config.arch}: {sum(p.numel() for p in params) / 1e6:.1f} M trainable parameters ({stages}), "
               f"{world_size} process(es) on {device}, {precision}, epochs {start_epoch}-{args.epochs - 1}, "
               f"W&B {args.wandb}", flush=True)
