@@ -215,6 +215,6 @@ def test_empty_bag_is_a_clear_error(tmp_path):
     typestore = make_typestore()
     writer = open_writer(tmp_path / "empty")
     writer.add_connection(TOPIC, IMAGE_TYPE, typestore=typestore)
-    writer.close()
+    close_writer(writer)
     with pytest.raises(BagError, match="no messages on"):
         list(read_messages(tmp_path / "empty", TOPIC, typestore))
