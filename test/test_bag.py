@@ -25,6 +25,7 @@ from box_segmentation.evaluation.bag_io import (
     mcap_chunks,
     open_writer,
     read_messages,
+    verify_chunk_crcs,
 )
 from box_segmentation.evaluation.coco_annotations import to_rle
 from box_segmentation.evaluation.scd_layout import split_paths
@@ -218,3 +219,12 @@ def test_empty_bag_is_a_clear_error(tmp_path):
     close_writer(writer)
     with pytest.raises(BagError, match="no messages on"):
         list(read_messages(tmp_path / "empty", TOPIC, typestore))
+
+
+def test_a_bag_without_crcs_warns_that_damage_cannot_be_seen(tmp_path):
+    typestore = make_typestore()
+    writer = open_writer(tmp_path / "no_crc")
+    writer.add_connection(TOPIC, IMAGE_TYPE, typestore=typestore)
+    writer.close()  # rosbags' own close: CRCs left at 0, as in bags written by other rosbags tools
+    with pytest.warns(UserWarning, match="carry no CRC: damage to them cannot be detected"):
+        verify_chunk_crcs(tmp_path / "no_crc")
