@@ -32,7 +32,7 @@ from box_segmentation.model import ModelConfig, build_model  # noqa: E402
 def plain_loop(model, optimizer, loader, device, iters: int) -> float:
     model.train()
     images_seen, start = 0, time.perf_counter()
-    for iteration, (images, targets) in enumerate(loader):
+    for iteration, (images, targets, _) in enumerate(loader):
         if iteration == iters:
             break
         images = [image.to(device) for image in images]
@@ -78,13 +78,13 @@ def main() -> None:
             else:
                 groups = aspect_ratio_groups(dataset.aspect_ratios * repeat)
                 loader = torch.utils.data.DataLoader(
-                    repeated, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0,
+                    repeated, num_workers=workers, collate_fn=collate,
                     batch_sampler=GroupedBatchSampler(torch.utils.data.RandomSampler(repeated), groups,
                                                       args.batch_size))
-                scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-                train_one_epoch(model, optimizer, loader, device, epoch=1, scaler=scaler, max_iters=2)
-                rate = train_one_epoch(model, optimizer, loader, device, epoch=0, scaler=scaler, warmup_iters=10,
-                                       max_iters=args.iters)["images_per_s"]
+                amp_dtype = torch.bfloat16 if device.type == "cuda" else None  # train.py's default
+                train_one_epoch(model, optimizer, loader, device, epoch=1, max_iters=2, amp_dtype=amp_dtype)
+                rate = train_one_epoch(model, optimizer, loader, device, epoch=0, warmup_iters=10,
+                                       max_iters=args.iters, amp_dtype=amp_dtype)["images_per_s"]
             rows.append(("plain" if workers is None else f"ours, {workers} workers", rate))
     print(f"\n{args.arch}, {args.size[0]}x{args.size[1]} images, batch {args.batch_size}, {args.iters} iterations, "
           f"{device} ({torch.get_num_threads()} threads)")

@@ -1,16 +1,23 @@
 """The Mask R-CNN shared by training and the node, and the checkpoint that describes it.
 
-A checkpoint holds everything needed to rebuild the model (architecture, classes, RPN and
-input-size settings, thresholds) next to its weights, so the node needs only its path.
+Which architecture and settings (ModelConfig, built by build_structure) is kept apart from which
+weights go into it (build_model's weights argument): fine-tuning from a checkpoint takes only its
+weights, never its settings. A checkpoint holds everything needed to rebuild the model
+(architecture, classes, RPN and input-size settings, thresholds) next to its weights, so the node
+needs only its path.
 It holds plain tensors, numbers, strings, lists and dicts only, and is always read with
 `torch.load(..., weights_only=True)`: loading one never runs code.
 """
 
 import dataclasses
+import functools
 import os
 import tempfile
+import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torchvision.models import resnet18
@@ -22,10 +29,10 @@ from torchvision.models.detection import (
     maskrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 CHECKPOINT_FORMAT = "box_segmentation/checkpoint-v1"
@@ -61,11 +68,41 @@ def _small_mask_rcnn(weights=None, weights_backbone=None, num_classes=COCO_NUM_C
     )
 
 
-# name -> (builder, COCO weights or None)
+def _pretrained_resnet50_fpn(num_classes, trainable_backbone_layers, **kwargs) -> MaskRCNN:
+    """maskrcnn_resnet50_fpn as torchvision builds it for its COCO weights (weights still to load):
+    FrozenBatchNorm2d in the ResNet with COCO_V1's eps of 0, and only the last trainable_backbone_layers
+    of its five stages trained. A batch of 2 images would otherwise overwrite COCO's statistics."""
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None,
+                                   norm_layer=functools.partial(FrozenBatchNorm2d, eps=0.0),
+                                   trainable_layers=trainable_backbone_layers)
+    return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
+
+
+def _pretrained_resnet50_fpn_v2(num_classes, trainable_backbone_layers, **kwargs) -> MaskRCNN:
+    """maskrcnn_resnet50_fpn_v2 as torchvision builds it for its COCO weights: v2 keeps BatchNorm2d
+    (trained with large batches) and freezes the early stages only."""
+    model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    # torchvision's rule (backbone_utils._resnet_fpn_extractor): the last N of layer4 ... layer1, conv1 train.
+    trained = ("layer4", "layer3", "layer2", "layer1", "conv1")[:trainable_backbone_layers]
+    trained += ("bn1",) if trainable_backbone_layers == 5 else ()
+    for name, parameter in model.backbone.body.named_parameters():
+        if not name.startswith(trained):
+            parameter.requires_grad_(False)
+    return model
+
+
+class Architecture(NamedTuple):
+    builder: Callable  # from scratch, as torchvision's builders with weights=None
+    coco_weights: Any  # torchvision's weights enum member, or None
+    pretrained_builder: Callable | None  # the structure for pre-trained weights (frozen stages), or None
+
+
 ARCHITECTURES = {
-    "maskrcnn_resnet50_fpn": (maskrcnn_resnet50_fpn, MaskRCNN_ResNet50_FPN_Weights.COCO_V1),
-    "maskrcnn_resnet50_fpn_v2": (maskrcnn_resnet50_fpn_v2, MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
-    "maskrcnn_resnet18_fpn": (_small_mask_rcnn, None),
+    "maskrcnn_resnet50_fpn": Architecture(maskrcnn_resnet50_fpn, MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+                                          _pretrained_resnet50_fpn),
+    "maskrcnn_resnet50_fpn_v2": Architecture(maskrcnn_resnet50_fpn_v2, MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+                                             _pretrained_resnet50_fpn_v2),
+    "maskrcnn_resnet18_fpn": Architecture(_small_mask_rcnn, None, None),
 }
 
 
@@ -116,6 +153,9 @@ class ModelConfig:
     box_detections_per_img: int = 300
     # Kept low inside the model so evaluation sees the whole precision/recall curve.
     box_score_thresh: float = 0.05
+    # None: built as torchvision builds an untrained model (BatchNorm2d, every stage trains). 0-5: as it
+    # builds one for pre-trained weights (see _pretrained_resnet50_fpn), the last N ResNet stages trained.
+    trainable_backbone_layers: int | None = None
     # What a deployment keeps: the node's defaults come from here.
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
@@ -125,7 +165,13 @@ class ModelConfig:
         """The defaults of an architecture (ARCH_DEFAULTS over the class defaults), then overrides."""
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-        return cls(**{"arch": arch, **ARCH_DEFAULTS.get(arch, {}), **overrides})
+        config = cls(**{"arch": arch, **ARCH_DEFAULTS.get(arch, {}), **overrides})
+        layers = config.trainable_backbone_layers
+        freezable = ARCHITECTURES[arch].pretrained_builder is not None
+        if layers is not None and (not freezable or not 0 <= layers <= 5):
+            choices = "None or 0-5" if freezable else "None"
+            raise ValueError(f"trainable_backbone_layers {layers}: {arch} takes {choices}")
+        return config
 
     @property
     def num_classes(self) -> int:
@@ -137,39 +183,57 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict):
+            raise CheckpointError(f"model settings are {type(values).__name__}, not a dict")
         unknown = set(values) - known
         if unknown:
             raise CheckpointError(f"unknown model settings {sorted(unknown)}: written by a newer version?")
-        return cls(**values)
+        try:
+            return cls.for_arch(**values)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"bad model settings: {error}") from error
 
     def model_kwargs(self) -> dict:
-        skip = {"arch", "classes", "score_threshold", "mask_threshold"}
+        skip = {"arch", "classes", "score_threshold", "mask_threshold", "trainable_backbone_layers"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
-def build_model(config: ModelConfig, weights: str | os.PathLike = "none") -> MaskRCNN:
-    """Mask R-CNN for config.classes.
-
-    weights: "none" (random), "coco" (torchvision's COCO weights: downloaded, or read from
-    the torch hub cache), or the path of a local file: torchvision's COCO state dict for the
-    architecture, or one of our checkpoints with the same architecture and classes.
-    """
+def build_structure(config: ModelConfig, num_classes: int | None = None) -> MaskRCNN:
+    """The model config describes, with random weights; num_classes (background included) defaults
+    to config's."""
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    builder, coco_weights = ARCHITECTURES[config.arch]
-    kwargs = config.model_kwargs()
+    architecture = ARCHITECTURES[config.arch]
+    num_classes = num_classes or config.num_classes
+    if config.trainable_backbone_layers is None:
+        return architecture.builder(weights=None, weights_backbone=None, num_classes=num_classes,
+                                    **config.model_kwargs())
+    return architecture.pretrained_builder(num_classes, config.trainable_backbone_layers, **config.model_kwargs())
+
+
+def build_model(config: ModelConfig, weights: str | os.PathLike = "none") -> MaskRCNN:
+    """The model config describes (build_structure), with weights:
+
+    "none": random. "coco": torchvision's COCO weights (downloaded, or read from torch's cache:
+    TORCH_HOME/hub/checkpoints), under new predictors for config.classes. A path: the weights of one
+    of our checkpoints (same architecture and classes); its settings are ignored, config's are used.
+    """
     if str(weights) == "none":
-        return builder(weights=None, weights_backbone=None, num_classes=config.num_classes, **kwargs)
+        return build_structure(config)
     if str(weights) == "coco":
-        state = _coco_state_dict(config.arch, coco_weights)
-    else:
-        state = _read_weights_file(weights)
-        if state.get("format") == CHECKPOINT_FORMAT:
-            return _model_from_our_checkpoint(config, state, weights)
-    # COCO heads first so the pre-trained weights fit, then new predictors for our classes.
-    model = builder(weights=None, weights_backbone=None, num_classes=COCO_NUM_CLASSES, **kwargs)
-    model.load_state_dict(state)
-    replace_predictors(model, config.num_classes)
+        # COCO heads first so the pre-trained weights fit, then new predictors for our classes.
+        model = build_structure(config, COCO_NUM_CLASSES)
+        model.load_state_dict(_coco_state_dict(config.arch))
+        replace_predictors(model, config.num_classes)
+        return model
+    payload = read_checkpoint(weights)
+    saved = ModelConfig.from_dict(payload["config"])
+    if (saved.arch, saved.classes) != (config.arch, config.classes):
+        raise CheckpointError(
+            f"{weights} holds {saved.arch} for classes {saved.classes}, not {config.arch} for {config.classes}"
+        )
+    model = build_structure(config)
+    _load_weights(model, payload["model"], config.arch)
     return model
 
 
@@ -180,40 +244,27 @@ def replace_predictors(model: MaskRCNN, num_classes: int) -> None:
     model.roi_heads.mask_predictor = MaskRCNNPredictor(conv5.in_channels, conv5.out_channels, num_classes)
 
 
-def _coco_state_dict(arch: str, coco_weights) -> dict:
+def _coco_state_dict(arch: str) -> dict:
+    coco_weights = ARCHITECTURES[arch].coco_weights
     if coco_weights is None:
         raise WeightsUnavailableError(f"{arch} has no COCO weights; use --weights none")
     try:
-        return coco_weights.get_state_dict(progress=True, check_hash=True)
+        return coco_weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except OSError as error:  # URLError and socket errors are OSErrors
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(coco_weights.url).name
         raise WeightsUnavailableError(
             f"could not download the COCO weights for {arch} ({error}). Offline, download "
-            f"{coco_weights.url} elsewhere and either pass --weights /path/to/{cache.name} "
-            f"or copy it to {cache}"
+            f"{coco_weights.url} elsewhere and copy it to {cache} (torch's cache; TORCH_HOME moves it)"
         ) from error
 
 
-def _read_weights_file(path, what: str = "weights file", error_class=WeightsUnavailableError) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise error_class(f"{what} {path} does not exist")
+def _load_weights(model: MaskRCNN, state: dict, arch: str) -> None:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and unpickler errors all mean "not loadable"
-        raise error_class(f"{what} {path} cannot be loaded safely: {error}") from error
-    if not isinstance(state, dict):
-        raise error_class(f"{what} {path} holds no dict of weights")
-    return state
-
-
-def _model_from_our_checkpoint(config: ModelConfig, payload: dict, path) -> MaskRCNN:
-    model, saved = load_model(payload)
-    if (saved.arch, saved.classes) != (config.arch, config.classes):
-        raise CheckpointError(
-            f"{path} holds {saved.arch} for classes {saved.classes}, not {config.arch} for {config.classes}"
-        )
-    return model
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        # One line: torch lists every mismatched tensor, hundreds of them for a wrong architecture.
+        detail = textwrap.shorten(str(error), width=300, placeholder=" [...]")
+        raise CheckpointError(f"checkpoint weights do not fit {arch}: {detail}") from error
 
 
 def save_checkpoint(path, model: torch.nn.Module, config: ModelConfig, *, training: dict | None = None,
@@ -237,9 +288,19 @@ def save_checkpoint(path, model: torch.nn.Module, config: ModelConfig, *, traini
 
 def read_checkpoint(path) -> dict:
     """The checkpoint's contents, or CheckpointError saying what is wrong with it."""
-    payload = _read_weights_file(path, "checkpoint", CheckpointError)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a box_segmentation checkpoint (format {CHECKPOINT_FORMAT})")
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and unpickler errors all mean "not loadable"
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a box_segmentation checkpoint (format {CHECKPOINT_FORMAT}); "
+                              "torchvision's COCO weights are --weights coco, read from torch's cache")
+    for key in ("config", "model"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"{path} is damaged: its {key!r} entry is missing or not a dict")
     return payload
 
 
@@ -247,9 +308,6 @@ def load_model(checkpoint, device: str | torch.device = "cpu") -> tuple[MaskRCNN
     """Rebuilds the model of a checkpoint (a path or read_checkpoint's dict), in eval mode."""
     payload = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
     config = ModelConfig.from_dict(payload["config"])
-    model = build_model(config, weights="none")
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint weights do not fit {config.arch}: {error}") from error
+    model = build_structure(config)
+    _load_weights(model, payload["model"], config.arch)
     return model.to(device).eval(), config

@@ -41,7 +41,7 @@ def run(step: str, command: list[str]) -> None:
 
 def training_command(data: Path, output: Path, gpu: bool) -> list[str]:
     common = [sys.executable, "training/train.py", "--data", str(data), "--output", str(output),
-              "--workers", "1", "--wandb", "disabled"]
+              "--workers", "1", "--wandb", "disabled", "--overwrite"]  # each demo is a fresh run
     if gpu:
         weights = "coco" if coco_weights_available() else "none"
         return [*common, "--arch", "maskrcnn_resnet50_fpn", "--weights", weights, "--epochs", "6",

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from coco_data import CocoCartons, boxes_from_masks, load_split
+from coco_data import CocoCartons, DataError, boxes_from_masks, collate, load_split
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -128,3 +128,63 @@ def test_missing_folder_or_bad_json_name_the_path(tmp_path, defects):
     annotation_file.write_text("{ not json")
     with pytest.raises(ValueError, match=str(annotation_file)):
         load_split(defects, "train")
+
+
+@pytest.mark.parametrize("case, report_key", [
+    ("nan coordinate", "instances_coordinates_out_of_range"),
+    ("1e300 coordinate", "instances_coordinates_out_of_range"),
+    ("null annotation", "instances_malformed"),
+    ("string coordinate", "instances_malformed"),
+    ("width 0", "images_bad_size"),
+    ("width a thousand times the file's", "images_bad_size"),
+])
+def test_what_a_fuzz_run_found_is_counted_not_fatal(tmp_path, case, report_key):
+    """Each of these crashed start-up or ate the host's memory rasterising (see test_train for a run)."""
+    good = {"image_id": 1, "segmentation": [square(5, 5, 20, 20)]}
+    bad = {
+        "nan coordinate": {"image_id": 1, "segmentation": [[1, 1, float("nan"), 5, 9, 9]]},
+        "1e300 coordinate": {"image_id": 1, "segmentation": [[1, 1, 1e300, 5, 9, 1e300]]},
+        "null annotation": None,
+        "string coordinate": {"image_id": 1, "segmentation": [[1, 1, "9", 5, 9, 9]]},
+    }.get(case)
+    _, annotation_file = write_coco(tmp_path, [("a.jpg", (64, 48), (64, 48))], [good])
+    coco = json.loads(annotation_file.read_text())
+    if case.startswith("width"):
+        coco["images"][0]["width"] = 0 if case == "width 0" else 64000
+    else:
+        coco["annotations"].append(bad and {**bad, "id": 2, "category_id": 1})
+    annotation_file.write_text(json.dumps(coco))
+    dataset = load_split(tmp_path, "train")
+    assert dataset.report[report_key] == 1, dataset.report_text()
+    assert report_key.replace("_", " ") in dataset.report_text()
+    if report_key.startswith("instances"):
+        assert len(dataset) == 1 and dataset.report["instances_used"] == 1
+        assert dataset[0][1]["masks"].shape == (1, 48, 64)
+    else:
+        assert len(dataset) == 0
+
+
+def test_a_file_that_fails_mid_epoch_is_left_out_and_counted(defects):
+    images_dir, _ = split_paths(defects, "train")
+    dataset = load_split(defects, "train")  # the header check passes: the file is cut afterwards
+    cut = images_dir / "multi.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 3])
+    index = [path.name for _, path, *_ in dataset.samples].index("multi.jpg")
+    assert dataset[index] is None
+    images, targets, unreadable = collate([dataset[index], dataset[(index + 1) % len(dataset)]])
+    assert len(images) == len(targets) == 1 and unreadable == 1
+
+
+@pytest.mark.parametrize("categories, message", [
+    ([], "lists no categories"),
+    ([{"id": 1}], "integer id and a name"),
+    ([{"id": 1, "name": "carton"}, {"id": 1, "name": "box"}], "category ids repeat"),
+])
+def test_categories_nothing_can_be_learnt_from_are_a_clear_error(tmp_path, categories, message):
+    _, annotation_file = write_coco(tmp_path, [("a.jpg", (64, 48), (64, 48))],
+                                    [{"image_id": 1, "segmentation": [square(5, 5, 20, 20)]}])
+    coco = json.loads(annotation_file.read_text())
+    annotation_file.write_text(json.dumps({**coco, "categories": categories}))
+    with pytest.raises(DataError, match=message):
+        load_split(tmp_path, "train")

@@ -86,7 +86,7 @@ def test_numbers_equal_a_direct_pycocotools_run(tmp_path):
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        for name, value in zip(STAT_NAMES, evaluator.stats, strict=True):
+        for name, value in zip(STAT_NAMES[:12], evaluator.stats, strict=True):  # the standard 12, at 100
             assert ours[f"{iou_type}_{name}"] == pytest.approx(value, abs=1e-12), (iou_type, name)
     assert evaluate_predictions(gt_file, predictions) == ours  # gt as a path gives the same
 
@@ -97,3 +97,20 @@ def test_no_detections_score_zero():
               "masks": np.zeros((0, 64, 96), bool)} for t in targets]
     metrics = evaluate_predictions(coco_gt_from_targets(targets, ["carton"]), empty)
     assert metrics["segm_AP"] == 0.0 and metrics["bbox_AR"] == 0.0
+
+
+def test_dense_image_counts_every_carton_at_300_detections():
+    """150 cartons, 150 perfect detections: COCO's standard figures stop at 100 detections, the 300 ones do not."""
+    masks = torch.zeros((150, 150, 200), dtype=torch.uint8)
+    for i in range(150):
+        row, col = divmod(i, 15)
+        masks[i, row * 15:row * 15 + 12, col * 13:col * 13 + 11] = 1
+    targets = [{"image_id": 1, "masks": masks, "labels": torch.ones(150, dtype=torch.int64)}]
+    metrics = evaluate_predictions(coco_gt_from_targets(targets, ["carton"]), as_predictions(targets))
+    for iou_type in ("bbox", "segm"):
+        assert metrics[f"{iou_type}_AP_300det"] == pytest.approx(1.0)
+        assert metrics[f"{iou_type}_AR_300det"] == pytest.approx(1.0)
+        assert metrics[f"{iou_type}_AR100"] == pytest.approx(100 / 150)
+        assert metrics[f"{iou_type}_AP"] < 0.7  # pycocotools' own standard figure: 100 of 150 found
+    assert "at 300 detections: AP 1.000   AR 1.000" in format_table(metrics)
+    assert "AP_300det" in format_table(metrics)

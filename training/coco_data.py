@@ -3,11 +3,15 @@
 The dataset's known defects are handled, never fatal, and counted: images whose json size differs
 from the file (annotations rescaled to the file, or the image skipped), images without cartons
 (kept as negatives, or dropped), several polygons or RLE per instance, degenerate or malformed
-annotations (dropped), missing or unreadable image files (skipped). Boxes are derived from the
-masks, so a wrong json bbox never matters.
+annotations (dropped: non-finite or far-off coordinates, null entries, unknown categories), image
+entries with impossible sizes, missing or unreadable image files (skipped at start-up), and files
+that fail to decode mid-epoch (left out of their batch by collate, counted by the training loop).
+Boxes are derived from the masks, so a wrong json bbox never matters. Which annotations are kept
+and how they are rasterised is box_segmentation.evaluation.coco_annotations, shared with the bag replay.
 """
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,9 +19,9 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 
+from box_segmentation.evaluation.coco_annotations import check_annotation, instance_mask, json_size, valid_segmentation
 from box_segmentation.evaluation.scd_layout import split_paths
 
 EXIF_ORIENTATION = 0x0112  # values 5-8 mean the stored image is rotated by 90 degrees
@@ -46,40 +50,6 @@ def image_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _valid_segmentation(segmentation, height: int, width: int):
-    """The segmentation with malformed polygons removed, or None if nothing usable is left."""
-    if isinstance(segmentation, list):  # one or several polygons [x0, y0, x1, y1, ...]
-        polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        return polygons or None
-    if isinstance(segmentation, dict) and list(segmentation.get("size", [])) == [height, width]:
-        return segmentation  # RLE, compressed (string counts) or not (list counts)
-    return None
-
-
-def _segmentation_extent(segmentation, height: int, width: int) -> tuple[float, float, float]:
-    """(area, width, height) of a segmentation without rasterising it: cheap enough for the start-up scan."""
-    if isinstance(segmentation, list):
-        area, xs, ys = 0.0, [], []
-        for polygon in segmentation:
-            x, y = np.asarray(polygon[0::2], dtype=float), np.asarray(polygon[1::2], dtype=float)
-            area += 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))  # shoelace
-            xs.append(x)
-            ys.append(y)
-        x, y = np.concatenate(xs), np.concatenate(ys)
-        return area, x.max() - x.min(), y.max() - y.min()
-    rle = _to_rle(segmentation, height, width)
-    _, _, box_width, box_height = mask_utils.toBbox(rle)
-    return float(mask_utils.area(rle)), float(box_width), float(box_height)
-
-
-def _to_rle(segmentation, height: int, width: int):
-    if isinstance(segmentation, list):
-        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation["counts"], list):
-        return mask_utils.frPyObjects(segmentation, height, width)
-    return segmentation
-
-
 class CocoCartons(torch.utils.data.Dataset):
     """Samples (image, target): image a uint8 tv_tensors.Image, target {"boxes", "masks", "labels", "image_id"}.
 
@@ -98,18 +68,21 @@ class CocoCartons(torch.utils.data.Dataset):
         try:
             coco = json.loads(self.annotation_file.read_text())
             images, annotations, categories = coco["images"], coco.get("annotations", []), coco["categories"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # AttributeError: not an object
             raise DataError(f"cannot read COCO annotations {self.annotation_file}: {error!r}") from error
-
-        categories = sorted(categories, key=lambda c: c["id"])
-        self.category_ids = [c["id"] for c in categories]  # label i + 1 is category_ids[i]
-        self.classes = [c["name"] for c in categories]
-        label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        if not all(isinstance(entries, list) for entries in (images, annotations, categories)):
+            raise DataError(f"{self.annotation_file}: images, annotations and categories must be lists")
+        self.category_ids, self.classes = _categories(categories, self.annotation_file)
+        label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}  # label i + 1 is category_ids[i]
         self.report = Counter(images_listed=len(images), instances_listed=len(annotations))
 
         by_image = {}
         for annotation in annotations:
-            by_image.setdefault(annotation.get("image_id"), []).append(annotation)
+            image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+            if isinstance(image_id, int | str):
+                by_image.setdefault(image_id, []).append(annotation)
+            else:  # null, or not tied to an image
+                self.report["instances_malformed"] += 1
         self.samples = []  # (image_id, file path, json (w, h), file (w, h), [(label, segmentation)])
         for info in images:
             try:
@@ -139,54 +112,39 @@ class CocoCartons(torch.utils.data.Dataset):
         except OSError:
             self.report["images_unreadable"] += 1
             return None
-        json_size = (int(info["width"]), int(info["height"]))
-        if json_size != file_size:
+        size = json_size(info, file_size)
+        if size is None:
+            self.report["images_bad_size"] += 1
+            return None
+        if size != file_size:
             self.report[f"images_size_mismatch_{'rescaled' if size_mismatch == 'rescale' else 'skipped'}"] += 1
             if size_mismatch == "skip":
                 return None
-        scale = (file_size[0] / json_size[0], file_size[1] / json_size[1])
+        scale = (file_size[0] / size[0], file_size[1] / size[1])
         instances = []
         for annotation in annotations:
-            reason = self._check_annotation(annotation, json_size, label_of, scale)
+            reason = check_annotation(annotation, size, label_of, scale)
             if reason:
                 self.report[f"instances_{reason}"] += 1
             else:
-                segmentation = _valid_segmentation(annotation["segmentation"], json_size[1], json_size[0])
+                segmentation = valid_segmentation(annotation["segmentation"], size[1], size[0])
                 instances.append((label_of[annotation["category_id"]], segmentation))
-        return info["id"], path, json_size, file_size, instances
-
-    @staticmethod
-    def _check_annotation(annotation, json_size, label_of, scale) -> str | None:
-        """Why an annotation is dropped, or None to keep it."""
-        if annotation.get("iscrowd", 0):
-            return "crowd"
-        if annotation.get("category_id") not in label_of:
-            return "malformed"
-        width, height = json_size
-        segmentation = _valid_segmentation(annotation.get("segmentation"), height, width)
-        if segmentation is None:
-            return "malformed"
-        try:
-            area, box_width, box_height = _segmentation_extent(segmentation, height, width)
-        except (ValueError, TypeError, IndexError):
-            return "malformed"
-        # Less than a pixel wide, high or large in the file's frame: nothing to learn from.
-        if min(box_width * scale[0], box_height * scale[1], area * scale[0] * scale[1]) < 1:
-            return "degenerate"
-        return None
+        return info["id"], path, size, file_size, instances
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        image_id, path, (json_w, json_h), (file_w, file_h), instances = self.samples[index]
-        image = torch.from_numpy(np.array(_read_rgb(path))).permute(2, 0, 1).contiguous()
+        image_id, path, size, (file_w, file_h), instances = self.samples[index]
+        try:
+            image = torch.from_numpy(np.array(_read_rgb(path))).permute(2, 0, 1).contiguous()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            # E.g. a JPEG cut short: its header passed the start-up check. collate leaves it out.
+            print(f"skipped unreadable image {path}: {error}", file=sys.stderr, flush=True)
+            return None
         masks = np.zeros((len(instances), file_h, file_w), dtype=np.uint8)
         for i, (_, segmentation) in enumerate(instances):
-            mask = mask_utils.decode(_to_rle(segmentation, json_h, json_w))
-            if (json_w, json_h) != (file_w, file_h):
-                mask = cv2.resize(mask, (file_w, file_h), interpolation=cv2.INTER_NEAREST)
-            masks[i] = mask
+            masks[i] = instance_mask(segmentation, size, (file_w, file_h))
         masks = torch.from_numpy(masks)
         keep = masks.flatten(1).any(dim=1).bool()  # a sliver can still rasterise to nothing
         masks = masks[keep]
@@ -221,5 +179,22 @@ def load_split(data_dir, split: str, transforms=None, **options) -> CocoCartons:
     return CocoCartons(images_dir, annotation_file, transforms, **options)
 
 
+def _categories(categories: list, annotation_file) -> tuple[list, list[str]]:
+    """(category ids in increasing order, their names); DataError if there is nothing to train."""
+    if not categories:
+        raise DataError(f"{annotation_file} lists no categories: there is nothing to learn")
+    if not all(isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
+               for c in categories):
+        raise DataError(f"{annotation_file}: every category needs an integer id and a name, got {categories!r:.200}")
+    categories = sorted(categories, key=lambda c: c["id"])
+    ids = [c["id"] for c in categories]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{annotation_file}: category ids repeat: {ids}")
+    return ids, [c["name"] for c in categories]
+
+
 def collate(batch):
-    return tuple(zip(*batch, strict=True))
+    """(images, targets, unreadable): the samples whose file failed to decode (None) left out and counted."""
+    readable = [sample for sample in batch if sample is not None]
+    images, targets = (tuple(column) for column in zip(*readable, strict=True)) if readable else ((), ())
+    return images, targets, len(batch) - len(readable)

@@ -47,6 +47,23 @@ def mean_over_processes(values: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return dict(zip(names, stacked / world_size(), strict=True))
 
 
+def _reduced(value: int, op) -> int:
+    # NCCL reduces CUDA tensors only.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(value, dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return int(tensor)
+
+
+def sum_over_processes(count: int) -> int:
+    return _reduced(count, dist.ReduceOp.SUM) if is_distributed() else count
+
+
+def all_true(flag: bool) -> bool:
+    """Whether flag holds on every process: collective steps (DDP's backward) need all or none."""
+    return bool(_reduced(int(flag), dist.ReduceOp.MIN)) if is_distributed() else flag
+
+
 def gather(items: list) -> list:
     """Every process's items, concatenated in rank order, on every process."""
     if not is_distributed():

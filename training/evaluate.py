@@ -2,9 +2,11 @@
 
     python training/evaluate.py --data DIR --checkpoint runs/oscd/best.pt [--split val] [--visualize 8]
 
-Writes to --output (default: next to the checkpoint, eval_<split>/): metrics.json (segm_AP, segm_AR,
-bbox_AP, segm_AP50, ...), results.json (COCO results: any pycocotools tool reads it) and, with
---visualize N, N overlays: ground truth outlined in green, predictions filled in magenta.
+Writes to --output (default: next to the checkpoint, eval_<split>/): metrics.json (COCO's standard
+figures at 100 detections an image, segm_AP, segm_AR, bbox_AP, segm_AP50, ..., and segm_AP_300det,
+segm_AR_300det, ... at 300, which count every carton of a dense stack), results.json (COCO results:
+any pycocotools tool reads it) and, with --visualize N, N overlays: ground truth outlined in green,
+predictions filled in magenta.
 """
 
 import argparse
@@ -68,7 +70,10 @@ def main(args) -> None:
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (output / "results.json").write_text(json.dumps(results))
     for index in range(min(args.visualize, len(dataset))):
-        image, target = dataset[index]
+        sample = dataset[index]
+        if sample is None:  # unreadable: already reported
+            continue
+        image, target = sample
         with torch.inference_mode():
             prediction = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
         picture = overlay(image, target, prediction, config.score_threshold, config.mask_threshold)

@@ -25,6 +25,8 @@ from box_segmentation.evaluation.bag_io import (
     IMAGE_TYPE,
     STORAGE,
     BagError,
+    Undecodable,
+    close_writer,
     make_typestore,
     open_writer,
     read_annotations,
@@ -75,7 +77,7 @@ def from_dataset(data, split: str, out, topic: str = DEFAULT_TOPIC, fps: float =
             writer.write(connection, stamp, typestore.serialize_cdr(message, msgtype))
             image["stamp_ns"] = stamp
     finally:
-        writer.close()
+        close_writer(writer)
     coco["bag"] = {"topic": topic, "fps": fps, "split": split}
     (Path(out) / ANNOTATIONS_FILE).write_text(json.dumps(coco))
     return Path(out)
@@ -88,7 +90,8 @@ def to_rgb(message) -> np.ndarray:
 
 def replay_offline(bag, checkpoint, image_topic: str = DEFAULT_TOPIC, annotations: dict | None = None,
                    output_bag=None, device: str = "auto", score_threshold: float | None = None) -> dict:
-    """Runs the Segmenter on every frame; returns the report (latency, throughput, boxes, accuracy)."""
+    """Runs the Segmenter on every frame; returns the report (latency, throughput, boxes, accuracy).
+    A frame that cannot be decoded is skipped and counted (undecodable_frames, with the first errors)."""
     typestore = make_typestore()
     segmenter = Segmenter(checkpoint, device=device, score_threshold=score_threshold)
     scorer = Scorer(annotations)
@@ -96,12 +99,18 @@ def replay_offline(bag, checkpoint, image_topic: str = DEFAULT_TOPIC, annotation
     if writer:
         from rclpy.serialization import serialize_message  # our BoxMasks' own CDR encoding
     connections = None
-    latencies, boxes_per_frame = [], []
+    latencies, boxes_per_frame, undecodable = [], [], []
     started = time.perf_counter()
     try:
         for stamp, message in tqdm(read_messages(bag, image_topic, typestore), desc="replay", unit="frame"):
             frame_started = time.perf_counter()
-            rgb = to_rgb(message)
+            try:
+                if isinstance(message, Undecodable):
+                    raise ImageConversionError(f"message does not deserialize: {message.error}")
+                rgb = to_rgb(message)
+            except ImageConversionError as error:
+                undecodable.append(f"frame at {stamp} ns: {error}")
+                continue
             instances = segmenter(rgb)
             latencies.append(time.perf_counter() - frame_started)
             boxes_per_frame.append(len(instances))
@@ -116,9 +125,12 @@ def replay_offline(bag, checkpoint, image_topic: str = DEFAULT_TOPIC, annotation
                 writer.write(connections[1], stamp, serialize_message(result))
     finally:
         if writer:
-            writer.close()
+            close_writer(writer)
+    if not latencies:
+        raise BagError(f"no frame of {bag} could be decoded: {undecodable[0]}")
     elapsed = time.perf_counter() - started
-    return {"mode": "offline", "frames": len(latencies), "device": str(segmenter.device),
+    return {"mode": "offline", "frames": len(latencies), "undecodable_frames": len(undecodable),
+            "undecodable_examples": undecodable[:3], "device": str(segmenter.device),
             "latency": latency_summary(latencies), "throughput_fps": len(latencies) / elapsed,
             "boxes_per_frame": float(np.mean(boxes_per_frame)), "accuracy": scorer.metrics()}
 
@@ -132,6 +144,9 @@ def print_report(report: dict) -> None:
             ("boxes per frame", f"{report['boxes_per_frame']:.1f}")]
     if "dropped" in report:
         rows.insert(2, ("dropped by the node", report["dropped"]))
+    if report.get("undecodable_frames"):
+        rows.insert(2, ("undecodable, skipped", f"{report['undecodable_frames']} (first: "
+                                                f"{report['undecodable_examples'][0]})"))
     accuracy_metrics = report["accuracy"]
     if accuracy_metrics:
         rows += [("mask AP / AR (IoU 0.50:0.95)", f"{accuracy_metrics['segm_AP']:.3f} / "

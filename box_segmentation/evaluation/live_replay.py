@@ -12,7 +12,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from box_segmentation.evaluation.bag_io import COMPRESSED_TYPE, BagError, make_typestore, read_messages
+from box_segmentation.evaluation.bag_io import COMPRESSED_TYPE, BagError, Undecodable, make_typestore, read_messages
 from box_segmentation.evaluation.scoring import Scorer, latency_summary
 from box_segmentation.messages import instances_from_msg, stamp_ns
 from box_segmentation.msg import BoxMasks
@@ -27,7 +27,10 @@ QUIET_AFTER_LAST_REPLY = 2.0  # seconds
 def replay_live(bag, image_topic: str, output_topic: str, annotations: dict | None = None, rate: float = 1.0,
                 timeout: float = 10.0) -> dict:
     typestore = make_typestore()
-    recorded = list(read_messages(bag, image_topic, typestore))
+    messages = list(read_messages(bag, image_topic, typestore))
+    recorded = [(stamp, message) for stamp, message in messages if not isinstance(message, Undecodable)]
+    if not recorded:
+        raise BagError(f"no message on {image_topic} of {bag} deserializes")
     msgtype = recorded[0][1].__msgtype__
     use_profile()  # camera-sized frames, best effort included, pass as they do to a node started by the launch file
     rclpy.init()
@@ -72,7 +75,9 @@ def replay_live(bag, image_topic: str, output_topic: str, annotations: dict | No
     scorer = Scorer(annotations)
     for stamp, (_, msg) in received.items():
         scorer.add(stamp, instances_from_msg(msg), msg.height, msg.width)
-    return {"mode": "live", "frames": len(sent), "received": len(received), "dropped": len(sent) - len(received),
+    return {"mode": "live", "frames": len(sent), "undecodable_frames": len(messages) - len(recorded),
+            "undecodable_examples": [m.error for _, m in messages if isinstance(m, Undecodable)][:3],
+            "received": len(received), "dropped": len(sent) - len(received),
             "node_diagnostics": node_diagnostics, "device": node_diagnostics.get("device", "-"),
             "latency": latency_summary(latencies), "throughput_fps": len(received) / elapsed,
             "boxes_per_frame": float(np.mean([len(msg.boxes) for _, msg in received.values()])),
