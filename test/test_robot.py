@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 import rclpy
-from node_harness import Probe, carton_image
+from node_harness import IMAGE_TOPIC, Probe, carton_image
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 PACKAGE = "box_segmentation"
 BUILDS = {"plain": [], "symlink": ["--symlink-install"]}
-READY = "ready:"
+READY = "active:"
 
 
 def underlay_env() -> dict:
@@ -109,7 +109,7 @@ def start_installed_node(workspace: Path, checkpoint: Path, namespace: str) -> s
     prefix = workspace / "install_plain" / PACKAGE
     command = [str(prefix / "lib" / PACKAGE / "segment_node"), "--ros-args", "-r", "__node:=segment_node",
                "-r", f"__ns:={namespace}", "--params-file", str(prefix / "share" / PACKAGE / "config" / "segment.yaml"),
-               "-p", f"checkpoint:={checkpoint}"]
+               "-p", f"checkpoint:={checkpoint}", "-r", f"image:={IMAGE_TOPIC}"]
     return subprocess.Popen(sourced(workspace, "plain", "exec " + shlex.join(command)), cwd=workspace,
                             env=underlay_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
