@@ -27,8 +27,9 @@ One carton (estimate_poses; step 2's RANSAC runs for all cartons of the frame at
    Of the faces parallel to that one, the one with the most points: a band of floor or of a lower neighbour
    inside the mask (colour-depth misregistration) is parallel too.
 4. Extent: the whole (uneroded) mask's pixels on the top plane (holes in the depth filled from their
-   neighbours, cut at the creases with the side planes; near the mask's edge only those within half the
-   tolerance, as a side seen edge-on is a strip just beyond the plane), every piece of it but specks: tape
+   neighbours, cut at the creases with the side planes; near the top's boundary (the mask's edge, a side's
+   pixels) only those within half the tolerance, as a side's first pixels past the crease and a side seen
+   edge-on are a strip just beyond the plane; spurs under 3 px across opened away), every piece of it but specks: tape
    and dark print leave holes too wide to fill that cut a top into pieces; their pixel rays are cut with the
    plane refitted on all its pixels (exact positions, free of depth noise) and the minimum-area rectangle
    around them, grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the
@@ -74,7 +75,7 @@ class PoseParams:
     min_inlier_distance: float = 0.005  # ...nor than how flat a carton top is (they bulge and sag), in metres...
     max_inlier_distance: float = 0.04  # ...nor more: depth noisier than that fits poorly, as it should
     fill_px: int = 4  # pixels without depth this close to ones with it take their face
-    edge_ring_px: int = 4  # this close to the mask's edge, a top pixel more than half the tolerance away is a side's
+    edge_ring_px: int = 4  # this close to the top's boundary, a top pixel over half the tolerance beyond is a side's
     min_fragment: float = 0.02  # share of the top face's pixels below which a piece of it is a speck
     max_faces: int = 3  # planes looked for per carton: a top and two sides
     min_face_fraction: float = 0.05  # share of a carton's points a plane needs to count as a face
@@ -430,9 +431,12 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         nearest = np.where(closer, residual, nearest)
         if k == top:
             beyond_top = offset > tolerance / 2
-    # Along the mask's edge, a side seen edge-on shows as a strip of a few pixels just beyond the top plane:
+    # Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a side's first
+    # pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the top plane:
     # there, the far half of the tolerance is no longer top.
-    ring = mask & ~cv2.erode(mask.view(np.uint8), np.ones((2 * params.edge_ring_px + 1,) * 2, np.uint8)).view(bool)
+    top_or_unmeasured = mask & ((owner == top) | ~has_depth)
+    ring = mask & ~cv2.erode(top_or_unmeasured.view(np.uint8), np.ones((2 * params.edge_ring_px + 1,) * 2,
+                                                                      np.uint8)).view(bool)
     owner[ring & beyond_top & (owner == top)] = -1
     ray_x, ray_y = (np.broadcast_to(axis, depth.shape) for axis in rays)
     rows, cols = np.nonzero(owner == top)
@@ -456,6 +460,10 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         return np.zeros((0, 3)), plane
     region = np.zeros(mask.shape, np.uint8)
     region[rows, cols] = 1
+    # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
+    # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
+    region = cv2.morphologyEx(region, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    rows, cols = np.nonzero(region)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
     piece = stats[:, cv2.CC_STAT_AREA] >= params.min_fragment * len(rows)
     piece[0] = False  # the background
