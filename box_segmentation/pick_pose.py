@@ -235,21 +235,21 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
     has_depth = depth > 0  # NaN compares false
     eroded = cv2.erode(mask, np.ones((2 * params.erode_px + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT,
                        borderValue=0).astype(bool)
-    rows, cols = np.nonzero(eroded & has_depth)
-    if len(rows) < max(params.min_points, params.min_valid_fraction * np.count_nonzero(eroded)):
-        return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(rows))
-    every = -(-len(rows) // params.max_fit_points)  # evenly spread over the mask
-    thin_rows, thin_cols = rows[::every], cols[::every]
+    # Flat indices throughout: a fifth of the cost of (row, column) pairs on windows this small.
+    measured = np.flatnonzero(eroded & has_depth)
+    if len(measured) < max(params.min_points, params.min_valid_fraction * np.count_nonzero(eroded)):
+        return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(measured))
+    every = -(-len(measured) // params.max_fit_points)  # evenly spread over the mask
+    thin = measured[::every]
     rays = intrinsics.normalised_grid(x, y, w, h)
-    z = depth[thin_rows, thin_cols]
-    thinned = np.column_stack([np.broadcast_to(rays[0], (h, w))[thin_rows, thin_cols] * z,
-                               np.broadcast_to(rays[1], (h, w))[thin_rows, thin_cols] * z, z])
+    z = depth.ravel()[thin]
+    thinned = np.column_stack([rays[0].ravel()[thin % w] * z, rays[1].ravel()[thin // w] * z, z])
     # Never tighter than the camera's depth step there: quantisation alone spreads a plane's points over it.
-    step = params.depth_step_at_1m * float(np.median(z)) ** 2
+    step = params.depth_step_at_1m * _median(z) ** 2
     noise = _depth_noise(depth, eroded & has_depth, params.noise_lag_px)
     tolerance = float(np.clip(max(params.inlier_sigmas * noise, step), params.min_inlier_distance,
                               params.max_inlier_distance))
-    return _Fit(len(rows), thinned, tolerance, step, rays)
+    return _Fit(len(measured), thinned, tolerance, step, rays)
 
 
 def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner):
@@ -262,7 +262,7 @@ def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner)
         return CartonPose(PoseStatus.NO_TOP_FACE, quality, fit.points)
     # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the top's
     # extent takes only what that spread (or the depth step) explains, so a side's first pixels stay off it.
-    spread = 1.4826 * float(np.median(_depth_residuals(fit.thinned[owner == top], planes[top][None])))
+    spread = 1.4826 * _median(_depth_residuals(fit.thinned[owner == top], planes[top][None])[:, 0])
     tolerance = min(fit.tolerance, max(params.inlier_sigmas * spread, fit.step, params.min_inlier_distance))
     x, y, w, h = roi
     face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], planes, top, tolerance, fit.rays,
@@ -287,7 +287,16 @@ def _depth_noise(depth, pixels, lag) -> float:
     inside = pixels[:, :-2 * lag] & pixels[:, lag:-lag] & pixels[:, 2 * lag:]
     if not inside.any():
         return 0.0
-    return float(1.4826 * np.median(np.abs(second[inside]) * depth[:, lag:-lag][inside] ** 2) / math.sqrt(6))
+    return 1.4826 * _median(np.abs(second[inside]) * depth[:, lag:-lag][inside] ** 2) / math.sqrt(6)
+
+
+def _median(values) -> float:
+    """Median of a 1-D array: np.median's checks cost five times the selection itself on a few hundred values."""
+    middle = len(values) // 2
+    if len(values) % 2:
+        return float(np.partition(values, middle)[middle])
+    lower, upper = np.partition(values, (middle - 1, middle))[middle - 1:middle + 1]
+    return float(lower + upper) / 2
 
 
 def _find_faces(point_sets, tolerances, params, rng) -> list:
@@ -438,39 +447,41 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     ring = mask & ~cv2.erode(top_or_unmeasured.view(np.uint8), np.ones((2 * params.edge_ring_px + 1,) * 2,
                                                                       np.uint8)).view(bool)
     owner[ring & beyond_top & (owner == top)] = -1
-    ray_x, ray_y = (np.broadcast_to(axis, depth.shape) for axis in rays)
-    rows, cols = np.nonzero(owner == top)
+    # Flat indices into the window from here on: a fifth of the cost of (row, column) pairs.
+    ray_x, ray_y = (np.broadcast_to(axis, depth.shape).ravel() for axis in rays)
+    on_top = np.flatnonzero(owner == top)
     plane = planes[top]
-    if len(rows) >= 3:
-        z = depth[rows, cols]
-        plane = _fit_plane(np.column_stack([ray_x[rows, cols] * z, ray_y[rows, cols] * z, z]))
+    if len(on_top) >= 3:
+        z = depth.ravel()[on_top]
+        plane = _fit_plane(np.column_stack([ray_x[on_top] * z, ray_y[on_top] * z, z]))
     face = np.where(has_depth, owner + 2, 0)  # 0: no depth, 1: on no plane, k + 2: on plane k
     if (mask & ~has_depth).any():
         # Labels number the pixels with depth in row-major order: look up each one's nearest.
         no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         face = np.where(gap <= params.fill_px, face[has_depth][nearest - 1], 0)
-    rows, cols = np.nonzero(mask & (face == top + 2))
+    top_face = np.flatnonzero(mask & (face == top + 2))
     sides = planes[np.abs(planes[:, :3] @ plane[:3]) < 0.5]  # more than 60 degrees from the top
     if len(sides):
-        points = _ray_points(ray_x[rows, cols], ray_y[rows, cols], plane)
+        points = _ray_points(ray_x[top_face], ray_y[top_face], plane)
         inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
-        rows, cols = rows[inside], cols[inside]
-    if not len(rows):
+        top_face = top_face[inside]
+    if not len(top_face):
         return np.zeros((0, 3)), plane
     region = np.zeros(mask.shape, np.uint8)
-    region[rows, cols] = 1
+    region.ravel()[top_face] = 1
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
     region = cv2.morphologyEx(region, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    rows, cols = np.nonzero(region)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-    piece = stats[:, cv2.CC_STAT_AREA] >= params.min_fragment * len(rows)
+    top_face = np.flatnonzero(region)
+    _, labels = cv2.connectedComponents(region, connectivity=8)
+    labels = labels.ravel()[top_face]
+    piece = np.bincount(labels) >= params.min_fragment * len(top_face)
     piece[0] = False  # the background
     # The rectangle around the pieces is the one around their outlines: a tenth of the points or fewer.
-    outline = region > cv2.erode(region, np.ones((3, 3), np.uint8))
-    keep = piece[labels[rows, cols]] & outline[rows, cols]
-    return _ray_points(ray_x[rows[keep], cols[keep]], ray_y[rows[keep], cols[keep]], plane), plane
+    outline = (region > cv2.erode(region, np.ones((3, 3), np.uint8))).ravel()
+    keep = top_face[piece[labels] & outline[top_face]]
+    return _ray_points(ray_x[keep], ray_y[keep], plane), plane
 
 
 def _ray_points(x, y, plane) -> np.ndarray:
