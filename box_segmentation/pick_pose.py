@@ -84,7 +84,7 @@ class PoseParams:
     max_top_tilt_deg: float = 30.0  # with `up`: largest angle between up and a top face's normal
     ransac_iterations: int = 60  # hypotheses per face, all cartons' scored at once
     ransac_points: int = 150  # points each RANSAC hypothesis is scored on
-    max_fit_points: int = 1000  # a carton's points are thinned to this many for fitting
+    max_fit_points: int = 500  # a carton's points are thinned to this many for fitting
     seed: int = 0  # RANSAC's random stream: same frame, same poses
 
 
