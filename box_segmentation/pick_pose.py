@@ -233,8 +233,7 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
     has_depth = depth > 0  # NaN compares false
-    eroded = cv2.erode(mask, np.ones((2 * params.erode_px + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT,
-                       borderValue=0).astype(bool)
+    eroded = _erode(mask, params.erode_px).astype(bool)
     # Flat indices throughout: a fifth of the cost of (row, column) pairs on windows this small.
     measured = np.flatnonzero(eroded & has_depth)
     if len(measured) < max(params.min_points, params.min_valid_fraction * np.count_nonzero(eroded)):
@@ -444,8 +443,7 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     # pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the top plane:
     # there, the far half of the tolerance is no longer top.
     top_or_unmeasured = mask & ((owner == top) | ~has_depth)
-    ring = mask & ~cv2.erode(top_or_unmeasured.view(np.uint8), np.ones((2 * params.edge_ring_px + 1,) * 2,
-                                                                      np.uint8)).view(bool)
+    ring = mask & ~_erode(top_or_unmeasured.view(np.uint8), params.edge_ring_px).view(bool)
     owner[ring & beyond_top & (owner == top)] = -1
     # Flat indices into the window from here on: a fifth of the cost of (row, column) pairs.
     ray_x, ray_y = (np.broadcast_to(axis, depth.shape).ravel() for axis in rays)
@@ -479,9 +477,15 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     piece = np.bincount(labels) >= params.min_fragment * len(top_face)
     piece[0] = False  # the background
     # The rectangle around the pieces is the one around their outlines: a tenth of the points or fewer.
-    outline = (region > cv2.erode(region, np.ones((3, 3), np.uint8))).ravel()
+    outline = (region > _erode(region, 1)).ravel()
     keep = top_face[piece[labels] & outline[top_face]]
     return _ray_points(ray_x[keep], ray_y[keep], plane), plane
+
+
+def _erode(mask, radius) -> np.ndarray:
+    """cv2.erode by a (2 radius + 1)² square, with nothing beyond the window: a mask ends at its window's edge
+    (OpenCV's default border would carry it on, so the mask's outermost pixels would never be its edge)."""
+    return cv2.erode(mask, np.ones((2 * radius + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def _ray_points(x, y, plane) -> np.ndarray:
