@@ -132,9 +132,11 @@ STEREO_SCENES = {1.0: [("pallet", 2), ("pallet", 67), ("loose", 13), ("loose", 2
                  1.5: [("pallet", 4), ("pallet", 87), ("loose", 25), ("loose", 14)],
                  2.5: [("loose", 23), ("loose", 30), ("loose", 19), ("loose", 27)]}
 # Share of the well-seen cartons within BOUNDS_STEREO. Issue 17 asks 0.95 everywhere; at 2.5 m (4.5 mm pixels,
-# 15 mm depth steps, 9 mm of noise) 16 of 19 are: a side seen edge-on is a strip of two or three pixels whose
-# depth the top's tolerance explains, and it widens a top by 3 cm; two tops' normals are 3.0 and 3.9 degrees off.
-ACCURATE_SHARE = {1.0: 0.95, 1.5: 0.95, 2.5: 0.8}
+# 15.6 mm depth steps, 9 mm of noise) 17 of 19 are. A 20 cm wide top's normal comes out 3.9 degrees off: least
+# squares on its true pixels alone does no better (4.4), the noise floor. The first pixel or two of a side past
+# the crease lie within a depth step of the top (a side seen obliquely rises about 13 mm a pixel), which widens
+# one top by 2 cm.
+ACCURATE_SHARE = {1.0: 0.95, 1.5: 0.95, 2.5: 0.85}
 BOUNDS_STEREO = {"position": 0.015, "normal_deg": 3.0, "size": 0.015}
 
 
@@ -206,6 +208,40 @@ def test_lens_distortion_is_undone_before_back_projection():
     assert distorted.length == pytest.approx(0.4, abs=0.006) and distorted.width == pytest.approx(0.3, abs=0.006)
     pinhole, = estimate_poses([top], depth, Intrinsics(*k), up=(0, 0, -1))
     assert abs(pinhole.length - 0.4) > 0.02 or abs(pinhole.width - 0.3) > 0.02
+
+
+def level_top(camera):
+    """Depth of a 40 x 30 cm level top 1.2 m below a camera looking straight down at it, over a floor at 1.6 m,
+    and the top's pixels."""
+    v, u = np.mgrid[:480, :640]
+    x, y = camera.normalised(u, v)
+    on_top = (np.abs(x * 1.2) <= 0.2) & (np.abs(y * 1.2) <= 0.15)
+    return np.where(on_top, 1.2, 1.6).astype(np.float32), on_top
+
+
+def test_a_top_that_fills_its_mask_box_keeps_its_edges():
+    """An axis-aligned top's outline is its mask's window's edge, which is still the face's edge."""
+    camera = Intrinsics(520.0, 520.0, 318.0, 243.0)
+    depth, on_top = level_top(camera)
+    pose, = estimate_poses([instance_of(on_top)], depth, camera, up=(0, 0, -1))
+    assert pose.status == PoseStatus.OK
+    assert pose.length == pytest.approx(0.4, abs=0.004) and pose.width == pytest.approx(0.3, abs=0.004)
+
+
+def test_spurs_a_pixel_or_two_across_do_not_widen_the_top():
+    """Flying pixels and depth steps along a crease leave thin spurs at the top's depth past its edge: the
+    rectangle is the face's, not the spurs'."""
+    camera = Intrinsics(520.0, 520.0, 318.0, 243.0)
+    depth, on_top = level_top(camera)
+    right, bottom = np.nonzero(on_top)[1].max(), np.nonzero(on_top)[0].max()
+    spurs = np.zeros_like(on_top)
+    spurs[240, right + 1:right + 11] = True  # one pixel across, ten long
+    spurs[bottom + 1:bottom + 9, 300:302] = True  # two across, eight long
+    depth[spurs] = 1.2
+    pose, = estimate_poses([instance_of(on_top | spurs)], depth, camera, up=(0, 0, -1))
+    assert pose.status == PoseStatus.OK
+    assert pose.length == pytest.approx(0.4, abs=0.004) and pose.width == pytest.approx(0.3, abs=0.004)
+    np.testing.assert_allclose(pose.position, [0, 0, 1.2], atol=0.003)
 
 
 def test_without_up_a_camera_looking_down_finds_the_same_top_faces():
