@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from box_segmentation.node.fastdds import use_profile
+# One torch thread per process, set before torch is imported here or in a node subprocess (they inherit it):
+# the suite runs the test process and node processes side by side on 2 cores, and OpenMP threads that wait on
+# a busy core spin: measured here, the learning test took 139 s with torch's default of 2 threads beside one
+# busy process, 13 s with 1.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from box_segmentation.node.fastdds import use_profile  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
