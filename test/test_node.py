@@ -195,13 +195,14 @@ def test_overload_publishes_the_newest_frames_without_a_queue(started, probe):
 def test_camera_sized_best_effort_frames_from_another_process_arrive(started, probe, width, height):
     """Above Fast DDS's default 512 KB shared-memory segment, best-effort frames travel as UDP fragments and most
     are lost; with config/fastdds_large_frames.xml loaded on both sides (conftest, as the launch file does) all
-    arrive."""
+    arrive. At 5 Hz: the node's input keeps only the newest frame (QoS depth 1), so a callback delayed past the
+    next frame by a loaded machine would drop one in the node, which is not what this test is about."""
     frames = 15
     before = int(probe.status(STATUS, after=time.time())["frames received"])
     rgb = np.full((height, width, 3), 120, np.uint8)
     for _ in range(frames):
         probe.images.publish(probe.image(rgb, "large"))
-        time.sleep(1 / 15)
+        time.sleep(1 / 5)
     values = probe.status(STATUS, after=time.time() + 0.5)
     assert int(values["frames received"]) - before == frames, f"{width}x{height}: frames lost"
 
