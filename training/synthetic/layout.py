@@ -184,10 +184,13 @@ def alongside(rng, boxes, size, gap):
 
 
 def big_cartons_beside(rng, look, boxes):
-    """A pile of large cartons on the floor beside the layout: boxes of another size standing by a pallet."""
-    sku = carton_sku(rng, look, rng.uniform(1.3, 1.8))
-    area = rng.uniform([0.9, 0.8], [1.6, 1.2])
-    placed = pile(rng, rng.integers(2, 6), area, 0.0, rng.uniform(0.6, 1.4), [sku])
+    """A pile of large cartons on the floor beside the layout: boxes of another size standing by a pallet,
+    each at least 3 times the footprint of the largest carton there."""
+    sku = carton_sku(rng, look)
+    largest = max(b.size[0] * b.size[1] for b in boxes if b.material == "carton")
+    sku.size = sku.size * max(rng.uniform(1.3, 1.8), math.sqrt(3.2 * largest / (sku.size[0] * sku.size[1])))
+    area = np.full(2, sku.size[0] * 1.5) * rng.uniform(1.0, 1.8, 2)  # room for any turn of one, or more
+    placed = pile(rng, rng.integers(2, 6), area, 0.0, sku.size[2] * rng.uniform(1.0, 2.5), [sku])
     xy = alongside(rng, boxes, area, rng.uniform(0.05, 0.3))
     for box in placed:
         box.center = box.center + [*xy, 0.0]

@@ -447,11 +447,16 @@ def jpeg_artefacts(rgb, quality):
     return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32)
 
 
+def shot_noise(rng, rgb, strength):
+    """Photon noise: its spread grows with the square root of the signal (float image in [0, 255])."""
+    return rgb + rng.standard_normal(rgb.shape, np.float32) * np.sqrt(np.clip(rgb, 0, None)) * strength
+
+
 def sensor_effects(rng, rgb):
     """The sensor switch on a float image in [0, 255]: shot noise that grows with the signal, then defocus
     or motion blur or neither, then (mostly) JPEG at a low quality."""
     scale = max(rgb.shape[1] / 640, 0.5)  # blur in pixels of a 640-wide image
-    rgb = rgb + rng.standard_normal(rgb.shape, np.float32) * np.sqrt(np.clip(rgb, 0, None)) * rng.uniform(0.3, 1.0)
+    rgb = shot_noise(rng, rgb, rng.uniform(0.3, 1.0))
     blur = rng.integers(3)
     if blur == 1:
         rgb = cv2.GaussianBlur(rgb, (0, 0), rng.uniform(1.0, 2.5) * scale)
