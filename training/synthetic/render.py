@@ -408,16 +408,22 @@ def paint(table, face_id, depth, rays, noise, shadow=None):
 def in_shadow(points, boxes, sun):
     """Per world point, whether a box stands between it and the sun (`sun`: unit vector toward the light).
 
-    A slab test of the ray towards the sun against every box; the floor and walls cast none.
+    A slab test of the ray towards the sun against every box; the floor and walls cast none. Only points
+    whose ray passes within the box's bounding sphere are tested, seen along the sun's rays.
     """
     shadowed = np.zeros(len(points), bool)
+    across = np.linalg.svd(sun[None])[2][1:]  # two unit vectors square to the sun
+    flat, height = points @ across.T, points @ sun
     for box in boxes:
+        reach = np.linalg.norm(box.size) / 2
+        near = np.flatnonzero((((flat - box.center @ across.T) ** 2).sum(1) < reach ** 2)
+                              & (height < box.center @ sun + reach))
         turn = rot_z(box.yaw)
-        local, toward = (points - box.center) @ turn, sun @ turn  # in the box's frame
+        local, toward = (points[near] - box.center) @ turn, sun @ turn  # in the box's frame
         with np.errstate(divide="ignore", invalid="ignore"):
-            near, far = (-box.size / 2 - local) / toward, (box.size / 2 - local) / toward
-        enter, leave = np.minimum(near, far).max(1), np.maximum(near, far).min(1)
-        shadowed |= (enter < leave) & (enter > 1e-4)  # a point on the box itself only leaves it
+            low, high = (-box.size / 2 - local) / toward, (box.size / 2 - local) / toward
+        enter, leave = np.minimum(low, high).max(1), np.maximum(low, high).min(1)
+        shadowed[near] |= (enter < leave) & (enter > 1e-4)  # a point on the box itself only leaves it
     return shadowed
 
 
