@@ -57,7 +57,7 @@ def main():
     if not (args.out or args.sheet):
         parser.error("--out is required (or --sheet)")
     if args.sheet:
-        args.sheet.write_bytes(encode_jpeg(contact_sheet(args.seed), quality=70))
+        args.sheet.write_bytes(encode_jpeg(contact_sheet(args.seed), quality=60))
         return
     overrides = {switch: getattr(args, switch) for switch in SWITCHES if hasattr(args, switch)}
     try:

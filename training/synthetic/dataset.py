@@ -91,7 +91,7 @@ SHOWCASE = {"negatives": "pallet", "interiors": "trunk", "printed": "pallet", "t
             "border": "loose", "lighting": "pallet", "sensor": "loose", "poses": "pallet"}
 
 
-def contact_sheet(seed, tile=(320, 240), columns=4):
+def contact_sheet(seed, tile=(256, 192), columns=4):
     """Twelve pictures, annotated cartons outlined in green: the plain generator, each switch alone (at
     odds 1), the full and the shifted styles; for the README."""
     tiles = []
@@ -103,8 +103,9 @@ def contact_sheet(seed, tile=(320, 240), columns=4):
             contours, _ = cv2.findContours((scene.labels == label).astype(np.uint8), cv2.RETR_EXTERNAL,
                                            cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(picture, contours, -1, (0, 255, 0), 1)
-        cv2.putText(picture, name, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(picture, name, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+        (width, height), _ = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        cv2.rectangle(picture, (0, 0), (width + 10, height + 10), (0, 0, 0), -1)
+        cv2.putText(picture, name, (5, height + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(picture)
     rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
     return np.vstack(rows)
