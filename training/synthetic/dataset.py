@@ -8,6 +8,7 @@ from pycocotools import mask as mask_utils
 
 from box_segmentation.evaluation.scd_layout import dataset_root, split_paths
 from synthetic.render import render_scene
+from synthetic.style import PLAIN, STYLES
 
 EMPTY_EVERY = 20
 SPLITS = {"train": 0, "val": 1}  # split name -> seed stream
@@ -35,24 +36,24 @@ def annotate(scene, image_id, first_id):
     return annotations
 
 
-def dataset_scene(seed, split, index, width=640, height=480):
+def dataset_scene(seed, split, index, width=640, height=480, style=PLAIN):
     """The scene behind image `index` of a split generated with `seed` (each has its own random stream)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    return render_scene(rng, width, height, "empty" if index % EMPTY_EVERY == 3 else None)
+    return render_scene(rng, width, height, "empty" if index % EMPTY_EVERY == 3 else None, style)
 
 
 def encode_jpeg(rgb, quality=JPEG_QUALITY):
     return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
-def write_split(out, split, count, seed, width, height):
+def write_split(out, split, count, seed, width, height, style):
     images_dir, annotations_path = split_paths(out, split)
     depth_dir = images_dir.with_name(f"{images_dir.name}_depth")
     for folder in (images_dir, depth_dir, annotations_path.parent):
         folder.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
-        scene = dataset_scene(seed, split, index, width, height)
+        scene = dataset_scene(seed, split, index, width, height, style)
         stem, image_id = f"{index:06d}", index + 1
         (images_dir / f"{stem}.jpg").write_bytes(encode_jpeg(scene.image))
         (depth_dir / f"{stem}.png").write_bytes(cv2.imencode(".png", scene.depth)[1].tobytes())
@@ -60,15 +61,17 @@ def write_split(out, split, count, seed, width, height):
                        "depth_file": f"{depth_dir.name}/{stem}.png", "camera": scene.camera.intrinsics(),
                        "scene": scene.kind})
         annotations += annotate(scene, image_id, len(annotations) + 1)
-    coco = {"info": {"description": "synthetic stacked cartons, SCD/OSCD layout", "version": "1.0"},
+    coco = {"info": {"description": "synthetic stacked cartons, SCD/OSCD layout", "version": "1.0",
+                     "style": style.to_json()},
             "licenses": [], "categories": [CATEGORY], "images": images, "annotations": annotations}
     annotations_path.write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")))
 
 
-def generate_dataset(out, train, val, seed, width=640, height=480):
-    """Write `train` and `val` images in SCD's OSCD layout under out; returns the oneclass_carton root."""
-    write_split(out, "train", train, seed, width, height)
-    write_split(out, "val", val, seed, width, height)
+def generate_dataset(out, train, val, seed, width=640, height=480, style=PLAIN):
+    """Write `train` and `val` images in SCD's OSCD layout under out; returns the oneclass_carton root.
+    style: the generator's switches (synthetic.style); the default is the plain generator."""
+    write_split(out, "train", train, seed, width, height, style)
+    write_split(out, "val", val, seed, width, height, style)
     return dataset_root(out)
 
 
@@ -82,3 +85,27 @@ def overlay(scene):
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
     return out
+
+
+SHOWCASE = {"negatives": "pallet", "interiors": "trunk", "printed": "pallet", "tight": "pallet", "sizes": "pallet",
+            "border": "loose", "lighting": "pallet", "sensor": "loose", "poses": "pallet"}
+
+
+def contact_sheet(seed, tile=(256, 192), columns=4):
+    """Twelve pictures, annotated cartons outlined in green: the plain generator, each switch alone (at
+    odds 1), the full and the shifted styles; for the README."""
+    tiles = []
+    for name, kind in [("plain", "pallet"), *SHOWCASE.items(), ("full", None), ("shifted", None)]:
+        style = STYLES[name] if name in STYLES else PLAIN.only(name)
+        scene = render_scene(np.random.default_rng([seed, len(tiles)]), *tile, kind, style)
+        picture = scene.image.copy()
+        for label in scene.visible_labels():
+            contours, _ = cv2.findContours((scene.labels == label).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(picture, contours, -1, (0, 255, 0), 1)
+        (width, height), _ = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        cv2.rectangle(picture, (0, 0), (width + 10, height + 10), (0, 0, 0), -1)
+        cv2.putText(picture, name, (5, height + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(picture)
+    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
+    return np.vstack(rows)
