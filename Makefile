@@ -8,9 +8,11 @@ VENV := .venv/bin
 setup:
 	scripts/setup.sh
 
+# pytest with two workers, a test file each at a time (module fixtures stay whole), each in its own ROS
+# domain (conftest): half the tests wait on DDS or on a node process, so 2 cores do both at once.
 test: setup
 	$(VENV)/ruff check .
-	$(VENV)/python -m pytest -q
+	$(VENV)/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/ruff check .

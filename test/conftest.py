@@ -19,6 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Set before anything imports rclpy; subprocesses inherit them.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+# pytest-xdist workers (gw0, gw1, ...) run side by side: each gets a domain of its own, so their nodes and
+# probes never see each other's topics.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) + 1 + int(worker[2:])) % 232)
 # Camera-sized frames between processes on one host, as segment.launch.py runs the node (README: Fast DDS).
 use_profile()
 # The training scripts import their sibling modules flat, as torchvision's references do.
