@@ -66,3 +66,17 @@ def trained_checkpoint(tmp_path_factory):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return root / "run" / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def probe():
+    """A test-side ROS participant (node_harness.Probe): publishes images, reads results and /diagnostics."""
+    import rclpy
+    from node_harness import Probe
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = Probe(context)
+    yield probe
+    probe.close()
+    rclpy.shutdown(context=context)

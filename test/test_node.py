@@ -17,7 +17,7 @@ import torch
 import yaml
 from diagnostic_msgs.msg import DiagnosticStatus
 from lifecycle_msgs.msg import Transition
-from node_harness import CONFIG, IMAGE_TOPIC, REPO, NodeProcess, Probe, carton_image, stamp_seconds
+from node_harness import CONFIG, IMAGE_TOPIC, REPO, NodeProcess, carton_image, stamp_seconds
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -65,16 +65,6 @@ def nodes(tiny_checkpoint, tmp_path_factory):
     yield nodes
     for node in nodes.values():
         node.stop()
-
-
-@pytest.fixture(scope="module")
-def probe():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    probe = Probe(context)
-    yield probe
-    probe.close()
-    rclpy.shutdown(context=context)
 
 
 @pytest.fixture(scope="module")

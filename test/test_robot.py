@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
 from node_harness import IMAGE_TOPIC, Probe, carton_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,16 +123,6 @@ def installed_nodes(workspace, tiny_checkpoint):
         if node.poll() is None:
             node.kill()
             node.communicate()
-
-
-@pytest.fixture(scope="module")
-def probe():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    probe = Probe(context)
-    yield probe
-    probe.close()
-    rclpy.shutdown(context=context)
 
 
 def request_masks(probe: Probe, nodes: dict, topic: str):
