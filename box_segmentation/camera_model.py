@@ -64,7 +64,6 @@ class Intrinsics:
         x, y = _undistort(self, np.column_stack([u.ravel(), v.ravel()]))
         return x.reshape(u.shape), y.reshape(u.shape)
 
-
     def normalised_grid(self, x: int, y: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """normalised() of the pixels of an image window, as float32 arrays that broadcast to (height, width):
         a row and a column without distortion, whole (height, width) arrays with it."""
@@ -126,7 +125,7 @@ def _undistort(intrinsics: Intrinsics, pixels: np.ndarray) -> tuple[np.ndarray, 
     return undistorted[:, 0, 0], undistorted[:, 0, 1]
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=16)  # one table per camera and size: a node with several cameras keeps all of them
 def _undistorted_grid(intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
     """(height, width) tables of every whole pixel's normalised x and y."""
     v, u = np.mgrid[:intrinsics.height, :intrinsics.width]
