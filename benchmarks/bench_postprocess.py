@@ -24,7 +24,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from box_segmentation.masks import describe, masks_in_boxes
+from box_segmentation.masks import shapes_in_boxes
 from box_segmentation.messages import to_box_masks
 from box_segmentation.types import Instance
 
@@ -62,8 +62,7 @@ def torchvision_path(probs, boxes, height, width, header) -> tuple[float, float,
 def cropped_path(probs, boxes, height, width, header) -> tuple[float, float, int]:
     start = time.perf_counter()
     instances = []
-    for box, crop in zip(boxes.tolist(), masks_in_boxes(probs, boxes, (height, width), MASK_THRESHOLD), strict=True):
-        shape = describe(crop)
+    for box, shape in zip(boxes.tolist(), shapes_in_boxes(probs, boxes, (height, width), MASK_THRESHOLD), strict=True):
         if shape is not None:
             instances.append(Instance(tuple(box), 0.9, 1, "carton", shape.roi, shape.mask, shape.area,
                                       shape.centroid, shape.rotated_rect))

@@ -43,35 +43,67 @@ def masks_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tu
     here per frame: on a busy CPU its many tiny ops wait for descheduled workers (10 masks, 2 loaded
     cores: p95 5 ms on one thread, 77 ms on two).
     """
-    if len(boxes) == 0:
-        return []
+    flat, layout = _box_masks(mask_probs, boxes, threshold)
     height, width = image_size
-    padded, scale = expand_masks(mask_probs[:, None].float(), padding=1)
-    int_boxes = expand_boxes(boxes.float(), scale).to(torch.int64).tolist()
-    # One resize per box: boxes differ in size, and torchvision's bilinear kernel is the arithmetic
-    # paste_masks_in_image uses (a batched or OpenCV resize rounds differently and flips pixels).
-    # Each box is resized straight into one buffer through the kernel F.interpolate calls (F.interpolate's
-    # Python checks cost more than a small box's resize), then thresholded in one pass.
-    sizes = [(max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)) for x1, y1, x2, y2 in int_boxes]
-    resized = torch.empty(sum(h * w for h, w in sizes), dtype=torch.float32, device=mask_probs.device)
-    start = 0
-    for probs, (box_h, box_w) in zip(padded, sizes, strict=True):
-        torch.ops.aten.upsample_bilinear2d.out(probs[None], [box_h, box_w], False,
-                                               out=resized[start:start + box_h * box_w].view(1, 1, box_h, box_w))
-        start += box_h * box_w
-    if resized.device.type == "cpu":  # numpy's comparison is several times faster than torch's on one thread
-        flat = np.greater(resized.numpy(), np.float32(threshold)).view(np.uint8)  # bool and uint8 share their bytes
-    else:  # only the thresholded bytes cross to the host, in one transfer
-        flat = torch.gt(resized, threshold).cpu().numpy().view(np.uint8)
-    crops, start = [], 0
-    for (x1, y1, _, _), (box_h, box_w) in zip(int_boxes, sizes, strict=True):
+    crops = []
+    for start, x1, y1, box_h, box_w in layout:
         box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
-        start += box_h * box_w
         # The part of the box inside the image, as paste_mask_in_image copies it.
         x0, y0 = max(x1, 0), max(y1, 0)
         crops.append(BoxCrop(x0, y0, box[y0 - y1:max(min(y1 + box_h, height) - y1, 0),
                                          x0 - x1:max(min(x1 + box_w, width) - x1, 0)]))
     return crops
+
+
+def shapes_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
+                    threshold: float) -> list[MaskShape | None]:
+    """describe() of each of masks_in_boxes' crops (None where a mask is empty), all masks measured together."""
+    flat, layout = _box_masks(mask_probs, boxes, threshold)
+    height, width = image_size
+    for start, x1, y1, box_h, box_w in layout:
+        if x1 < 0 or y1 < 0 or x1 + box_w > width or y1 + box_h > height:
+            # Pixels outside the image are not part of the mask (paste_mask_in_image drops them).
+            box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
+            box[:max(-y1, 0)] = 0
+            box[max(height - y1, 0):] = 0
+            box[:, :max(-x1, 0)] = 0
+            box[:, max(width - x1, 0):] = 0
+    return _shapes(flat, layout)
+
+
+def _box_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, threshold: float) -> tuple[np.ndarray, list]:
+    """Every box's thresholded mask, one after another in one flat uint8 (0/1) host buffer, and where each
+    lies: (start in the buffer, x1, y1 of the box in the image, box height, box width)."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.uint8), []
+    padded, scale = expand_masks(mask_probs[:, None].float(), padding=1)
+    int_boxes = expand_boxes(boxes.float(), scale).to(torch.int64).tolist()
+    # One resize per box: boxes differ in size, and torchvision's bilinear kernel is the arithmetic
+    # paste_masks_in_image uses (a batched or OpenCV resize rounds differently and flips pixels).
+    # Each box is resized through the kernel F.interpolate calls (its Python checks cost more than a small
+    # box's resize) into one scratch buffer that stays in the CPU cache, and thresholded from there into
+    # one flat buffer of all the masks.
+    layout, start = [], 0
+    for x1, y1, x2, y2 in int_boxes:
+        box_h, box_w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+        layout.append((start, x1, y1, box_h, box_w))
+        start += box_h * box_w
+    device = mask_probs.device
+    resized = torch.empty(max(box_h * box_w for _, _, _, box_h, box_w in layout), dtype=torch.float32, device=device)
+    binary = torch.empty(start, dtype=torch.bool, device=device)
+    on_host = device.type == "cpu"
+    if on_host:  # numpy's comparison is several times faster than torch's on one thread
+        resized_host, binary_host, threshold_host = resized.numpy(), binary.numpy(), np.float32(threshold)
+    for probs, (start, _, _, box_h, box_w) in zip(padded, layout, strict=True):
+        size = box_h * box_w
+        torch.ops.aten.upsample_bilinear2d.out(probs[None], [box_h, box_w], False,
+                                               out=resized[:size].view(1, 1, box_h, box_w))
+        if on_host:
+            np.greater(resized_host[:size], threshold_host, out=binary_host[start:start + size])
+        else:
+            torch.gt(resized[:size], threshold, out=binary[start:start + size])
+    # Only the thresholded bytes cross to the host, in one transfer; bool and uint8 share their bytes.
+    return binary.cpu().numpy().view(np.uint8), layout
 
 
 def tight_roi(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -107,30 +139,92 @@ def rotated_rect(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tupl
     centres grown by half a pixel on every side: exact for an axis-aligned block (a run of n
     pixels measures n), and at most about one pixel larger than a drawn rectangle at 45 degrees.
     """
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
+    shape = describe(BoxCrop(x_offset, y_offset, mask))
+    if shape is None:
         raise ValueError("rotated rectangle of an empty mask")
-    (center_x, center_y), (side_w, side_h), degrees = cv2.minAreaRect(np.concatenate(contours).reshape(-1, 2))
+    return shape.rotated_rect
+
+
+def describe(crop: BoxCrop) -> MaskShape | None:
+    """Tight roi, cropped mask and shape measures of a box crop; None if the mask is empty."""
+    box_h, box_w = crop.mask.shape
+    ones = np.not_equal(crop.mask, 0).view(np.uint8).ravel()
+    return _shapes(ones, [(0, crop.x_offset, crop.y_offset, box_h, box_w)])[0] if ones.size else None
+
+
+def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
+    """The shape of each mask in flat (0/1 bytes, masks one after another, each row by row; layout as _box_masks
+    gives it), from the runs of ones along its rows: one pass over the pixels finds every run, and the areas,
+    centroids, rois and rotated rectangles follow from the runs with numpy, for all masks at once."""
+    if not layout:
+        return []
+    starts, _, _, heights, widths = (np.array(column, dtype=np.int64) for column in zip(*layout, strict=True))
+    mask_of_row = np.repeat(np.arange(len(layout)), heights)
+    row_in_mask = np.arange(mask_of_row.size) - np.repeat(np.cumsum(heights) - heights, heights)
+    row_starts = starts[mask_of_row] + row_in_mask * widths[mask_of_row]
+    # A run starts or ends where a pixel differs from the one before it, and at a row start that continues a run.
+    ones = flat.view(bool)
+    changes = np.flatnonzero(ones[1:] != ones[:-1]) + 1
+    wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
+    edges = np.concatenate([[0] if ones[0] else [], changes, wrapped, wrapped, [ones.size] if ones[-1] else []])
+    if wrapped.size:
+        edges.sort()
+    if edges.size == 0:
+        return [None] * len(layout)
+    run_start, run_end = edges[0::2].astype(np.int64), edges[1::2].astype(np.int64)
+    row = np.searchsorted(row_starts, run_start, side="right") - 1
+    first, last = run_start - row_starts[row], run_end - 1 - row_starts[row]  # columns in the box
+    mask, y = mask_of_row[row], row_in_mask[row]
+    length = last - first + 1
+    # Per mask, from its runs (masks without a run are empty).
+    run_bounds = np.searchsorted(mask, np.arange(len(layout) + 1))
+    occupied = np.flatnonzero(run_bounds[1:] > run_bounds[:-1])
+    begin, end = run_bounds[occupied], run_bounds[occupied + 1]
+    area = np.add.reduceat(length, begin)
+    sum_x = np.add.reduceat(length * (first + last), begin) / 2  # a run's columns add up to length * (first + last) / 2
+    sum_y = np.add.reduceat(length * y, begin)
+    x_min, x_max = np.minimum.reduceat(first, begin), np.maximum.reduceat(last, begin)
+    y_min, y_max = y[begin], y[end - 1]
+    # The convex hull, and so the minimum-area rectangle, depends only on each row's first and last pixel, and of
+    # those only on the ones further out than every row above them or every row below them.
+    row_begin = np.flatnonzero(np.diff(row, prepend=-1))
+    row_end = np.append(row_begin[1:], row.size) - 1
+    left, right, row_y, row_mask = first[row_begin], last[row_end], y[row_begin], mask[row_begin]
+    keep = np.stack([_new_extremes(-left, row_mask), _new_extremes(right, row_mask)], axis=1).ravel()
+    ends = np.stack([left, row_y, right, row_y], axis=1).reshape(-1, 2)[keep]
+    point_bounds = np.searchsorted(np.repeat(row_mask, 2)[keep], np.arange(len(layout) + 1))
+    shapes = [None] * len(layout)
+    measures = (occupied, area, sum_x, sum_y, x_min, x_max, y_min, y_max)
+    for k, count, sx, sy, x0, x1, y0, y1 in zip(*(values.tolist() for values in measures), strict=True):
+        start, x_offset, y_offset, box_h, box_w = layout[k]
+        box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
+        points = (ends[point_bounds[k]:point_bounds[k + 1]] - (x0, y0)).astype(np.int32)
+        shapes[k] = MaskShape(
+            roi=(x_offset + x0, y_offset + y0, x1 + 1 - x0, y1 + 1 - y0),
+            mask=np.ascontiguousarray(box[y0:y1 + 1, x0:x1 + 1]),
+            area=count,
+            centroid=(x_offset + sx / count + 0.5, y_offset + sy / count + 0.5),
+            rotated_rect=_message_rect(cv2.minAreaRect(points), x_offset + x0, y_offset + y0),
+        )
+    return shapes
+
+
+def _new_extremes(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Where values (in groups of consecutive entries, group ascending) exceed every earlier value of their group,
+    or every later one."""
+    offset = group * (2 * (int(np.abs(values).max()) + 1))  # lifts each group above all earlier ones
+    from_start = values + offset
+    from_end = (values - offset)[::-1]
+    return ((from_start > np.maximum.accumulate(np.concatenate([[from_start[0] - 1], from_start[:-1]])))
+            | (from_end > np.maximum.accumulate(np.concatenate([[from_end[0] - 1], from_end[:-1]])))[::-1])
+
+
+def _message_rect(rect, x_offset: int, y_offset: int) -> tuple[float, float, float, float, float]:
+    """cv2.minAreaRect's rectangle around pixel indices, in rotated_rect()'s convention."""
+    (center_x, center_y), (side_w, side_h), degrees = rect
     # The sides as cv2.boxPoints draws them: side_w along (cos, sin) of the angle, side_h along
     # (sin, -cos). Read this way, any OpenCV version's angle convention gives the same result.
     radians = math.radians(degrees)
     length, width, angle = (side_h, side_w, radians - math.pi / 2) if side_h >= side_w else (side_w, side_h, radians)
     angle = (angle + math.pi / 2) % math.pi - math.pi / 2  # the long side has no head: [-pi/2, pi/2)
     return (x_offset + center_x + 0.5, y_offset + center_y + 0.5, length + 1.0, width + 1.0, angle)
-
-
-def describe(crop: BoxCrop) -> MaskShape | None:
-    """Tight roi, cropped mask and shape measures of a box crop; None if the mask is empty."""
-    x, y, w, h = cv2.boundingRect(crop.mask)
-    if w == 0:
-        return None
-    mask = np.ascontiguousarray(crop.mask[y:y + h, x:x + w])
-    columns, rows = _pixel_counts(mask)  # one pass each gives the area and centroid
-    x_offset, y_offset = crop.x_offset + x, crop.y_offset + y
-    return MaskShape(
-        roi=(x_offset, y_offset, w, h),
-        mask=mask,
-        area=int(columns.sum()),
-        centroid=_centroid_of_counts(columns, rows, x_offset, y_offset),
-        rotated_rect=rotated_rect(mask, x_offset, y_offset),
-    )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchvision.models.detection.transform import resize_boxes
 
-from box_segmentation.masks import describe, masks_in_boxes
+from box_segmentation.masks import shapes_in_boxes
 from box_segmentation.model import ModelConfig, load_model, read_checkpoint
 from box_segmentation.types import Instance
 
@@ -171,18 +171,17 @@ class Segmenter:
                 detections = self._detect(tensors, sizes)
             inferred = self._sync()
             for (boxes, scores, labels, mask_probs), size in zip(detections, sizes, strict=True):
-                crops = masks_in_boxes(mask_probs, boxes, size, self.mask_threshold)
+                shapes = shapes_in_boxes(mask_probs, boxes, size, self.mask_threshold)
                 results.append(self._instances(boxes.float().cpu().tolist(), scores.float().cpu().tolist(),
-                                               labels.cpu().tolist(), crops))
+                                               labels.cpu().tolist(), shapes))
         done = time.perf_counter()
         self.last_timings = {"preprocess": preprocessed - start, "infer": inferred - preprocessed,
                              "postprocess": done - inferred, "total": done - start}
         return results
 
-    def _instances(self, boxes, scores, labels, crops) -> list[Instance]:
+    def _instances(self, boxes, scores, labels, shapes) -> list[Instance]:
         instances = []
-        for box, score, label, crop in zip(boxes, scores, labels, crops, strict=True):
-            shape = describe(crop)
+        for box, score, label, shape in zip(boxes, scores, labels, shapes, strict=True):
             if shape is None:  # nothing above the mask threshold
                 continue
             instances.append(Instance(

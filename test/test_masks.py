@@ -2,13 +2,37 @@
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import boxes as box_ops
 
-from box_segmentation.masks import BoxCrop, centroid, describe, masks_in_boxes, rotated_rect, tight_roi
+from box_segmentation.masks import BoxCrop, centroid, describe, masks_in_boxes, rotated_rect, shapes_in_boxes, tight_roi
+
+
+def opencv_rotated_rect(mask: np.ndarray) -> tuple[float, float, float, float, float]:
+    """The reference: cv2.minAreaRect of every outer contour point, in rotated_rect's convention."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    (center_x, center_y), (side_w, side_h), degrees = cv2.minAreaRect(np.concatenate(contours).reshape(-1, 2))
+    radians = math.radians(degrees)
+    length, width, angle = (side_h, side_w, radians - math.pi / 2) if side_h >= side_w else (side_w, side_h, radians)
+    return center_x + 0.5, center_y + 0.5, length + 1.0, width + 1.0, (angle + math.pi / 2) % math.pi - math.pi / 2
+
+
+def same_rect(measured, expected) -> bool:
+    """Equal rectangles; angles equal modulo pi (the long side has no head), or pi/2 for a square."""
+    period = math.pi / 2 if abs(expected[2] - expected[3]) < 1e-3 else math.pi
+    turn = (measured[4] - expected[4]) % period
+    return measured[:4] == pytest.approx(expected[:4], abs=1e-3) and min(turn, period - turn) < 1e-4
+
+
+def random_blobs(generator: np.random.Generator, shape=(40, 50)) -> np.ndarray:
+    """Masks with holes, several parts, single pixels and rows full from edge to edge."""
+    coarse = generator.random((shape[0] // 5 + 1, shape[1] // 5 + 1)).astype(np.float32)
+    smooth = cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    return (smooth > generator.uniform(0.2, 0.8)).astype(np.uint8)
 
 
 def rasterised_rectangle(center, length, width, angle, shape=(120, 160)) -> np.ndarray:
@@ -116,4 +140,61 @@ def test_many_boxes_keep_torchvision_pixels_and_shapes():
         # The shape of the crop is the shape of the full-frame mask.
         assert shape.roi == tight_roi(expected) and shape.area == int(expected.sum())
         assert shape.centroid == pytest.approx(centroid(expected))
-        assert shape.rotated_rect == pytest.approx(rotated_rect(expected))
+        assert same_rect(shape.rotated_rect, opencv_rotated_rect(expected))
+
+
+def test_shapes_match_independent_measures_of_random_masks():
+    generator = np.random.default_rng(5)
+    for _ in range(60):
+        mask = random_blobs(generator)
+        shape = describe(BoxCrop(7, 3, mask))
+        if not mask.any():
+            assert shape is None
+            continue
+        rows, columns = np.nonzero(mask)
+        x, y = columns.min(), rows.min()
+        assert shape.roi == (7 + x, 3 + y, columns.max() + 1 - x, rows.max() + 1 - y)
+        np.testing.assert_array_equal(shape.mask, mask[y:rows.max() + 1, x:columns.max() + 1])
+        assert shape.area == rows.size
+        assert shape.centroid == pytest.approx((7 + columns.mean() + 0.5, 3 + rows.mean() + 0.5))
+        expected = opencv_rotated_rect(mask)
+        assert same_rect(shape.rotated_rect, (expected[0] + 7, expected[1] + 3, *expected[2:])), \
+            (shape.rotated_rect, expected)
+
+
+def test_full_rows_and_single_pixels():
+    full = np.ones((4, 6), np.uint8)  # every row's run meets the next row's
+    shape = describe(BoxCrop(10, 20, full))
+    assert shape.roi == (10, 20, 6, 4) and shape.area == 24 and shape.centroid == pytest.approx((13.0, 22.0))
+    assert shape.rotated_rect == pytest.approx((13.0, 22.0, 6.0, 4.0, 0.0))
+    corners = np.zeros((5, 5), np.uint8)
+    corners[0, 4] = corners[4, 0] = 1  # the last pixel of a row, the first of a later row
+    shape = describe(BoxCrop(0, 0, corners))
+    assert shape.roi == (0, 0, 5, 5) and shape.area == 2 and shape.centroid == pytest.approx((2.5, 2.5))
+
+
+def test_shapes_in_boxes_are_the_shapes_of_the_crops():
+    """All boxes measured at once give what describe gives box by box: boxes across the image border,
+    boxes smaller than the mask (their masks reach the box edge), empty masks."""
+    generator = torch.Generator().manual_seed(3)
+    height, width = 120, 160
+    coarse = torch.rand(30, 1, 6, 6, generator=generator)
+    probs = torch.nn.functional.interpolate(coarse, size=(28, 28), mode="bicubic", align_corners=False)[:, 0]
+    probs[0] = 0.0  # nothing above the threshold
+    corners = torch.rand(30, 2, generator=generator) * torch.tensor([width + 40.0, height + 40.0]) - 20
+    sizes = torch.rand(30, 2, generator=generator) * 90 + 2
+    sizes[:6] = torch.rand(6, 2, generator=generator) * 20 + 1
+    boxes = torch.cat([corners, corners + sizes], dim=1)
+    shapes = shapes_in_boxes(probs, boxes, (height, width), threshold=0.5)
+    crops = masks_in_boxes(probs, boxes, (height, width), threshold=0.5)
+    assert shapes[0] is None and sum(shape is None for shape in shapes) < 10
+    for shape, crop in zip(shapes, crops, strict=True):
+        expected = describe(crop)
+        if expected is None:
+            assert shape is None
+            continue
+        assert (shape.roi, shape.area) == (expected.roi, expected.area)
+        np.testing.assert_array_equal(shape.mask, expected.mask)
+        assert shape.centroid == pytest.approx(expected.centroid)
+        assert shape.rotated_rect == pytest.approx(expected.rotated_rect)
+    assert shapes_in_boxes(probs[:0], boxes[:0], (height, width), 0.5) == []
