@@ -164,7 +164,7 @@ def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
     row_starts = starts[mask_of_row] + row_in_mask * widths[mask_of_row]
     # A run starts or ends where a pixel differs from the one before it, and at a row start that continues a run.
     ones = flat.view(bool)
-    changes = np.flatnonzero(ones[1:] != ones[:-1]) + 1
+    changes = _changes(ones)
     wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
     edges = np.concatenate([[0] if ones[0] else [], changes, wrapped, wrapped, [ones.size] if ones[-1] else []])
     if wrapped.size:
@@ -191,22 +191,35 @@ def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
     row_end = np.append(row_begin[1:], row.size) - 1
     left, right, row_y, row_mask = first[row_begin], last[row_end], y[row_begin], mask[row_begin]
     keep = np.stack([_new_extremes(-left, row_mask), _new_extremes(right, row_mask)], axis=1).ravel()
-    ends = np.stack([left, row_y, right, row_y], axis=1).reshape(-1, 2)[keep]
-    point_bounds = np.searchsorted(np.repeat(row_mask, 2)[keep], np.arange(len(layout) + 1))
+    point_mask = np.repeat(row_mask, 2)[keep]
+    corners = np.zeros((len(layout), 2), np.int64)
+    corners[occupied] = np.stack([x_min, y_min], axis=1)
+    # Pixel indices from the tight roi's corner, as the rectangle's centre is measured from there.
+    points = (np.stack([left, row_y, right, row_y], axis=1).reshape(-1, 2)[keep] - corners[point_mask]).astype(np.int32)
+    point_bounds = np.searchsorted(point_mask, np.arange(len(layout) + 1))
     shapes = [None] * len(layout)
     measures = (occupied, area, sum_x, sum_y, x_min, x_max, y_min, y_max)
     for k, count, sx, sy, x0, x1, y0, y1 in zip(*(values.tolist() for values in measures), strict=True):
         start, x_offset, y_offset, box_h, box_w = layout[k]
         box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
-        points = (ends[point_bounds[k]:point_bounds[k + 1]] - (x0, y0)).astype(np.int32)
         shapes[k] = MaskShape(
             roi=(x_offset + x0, y_offset + y0, x1 + 1 - x0, y1 + 1 - y0),
             mask=np.ascontiguousarray(box[y0:y1 + 1, x0:x1 + 1]),
             area=count,
             centroid=(x_offset + sx / count + 0.5, y_offset + sy / count + 0.5),
-            rotated_rect=_message_rect(cv2.minAreaRect(points), x_offset + x0, y_offset + y0),
+            rotated_rect=_message_rect(cv2.minAreaRect(points[point_bounds[k]:point_bounds[k + 1]]), x_offset + x0,
+                                       y_offset + y0),
         )
     return shapes
+
+
+def _changes(ones: np.ndarray) -> np.ndarray:
+    """Where a pixel differs from the one before it: slice by slice, in the CPU cache (one temporary as large
+    as all the masks costs more than the comparison itself)."""
+    slice_size, last = 1 << 16, ones.size - 1
+    parts = [np.flatnonzero(ones[begin + 1:end + 1] != ones[begin:end]) + begin + 1
+             for begin, end in ((begin, min(begin + slice_size, last)) for begin in range(0, last, slice_size))]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _new_extremes(values: np.ndarray, group: np.ndarray) -> np.ndarray:
