@@ -164,7 +164,7 @@ def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
     row_starts = starts[mask_of_row] + row_in_mask * widths[mask_of_row]
     # A run starts or ends where a pixel differs from the one before it, and at a row start that continues a run.
     ones = flat.view(bool)
-    changes = _changes(ones)
+    changes = np.flatnonzero(ones[1:] != ones[:-1]) + 1
     wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
     edges = np.concatenate([[0] if ones[0] else [], changes, wrapped, wrapped, [ones.size] if ones[-1] else []])
     if wrapped.size:
@@ -211,15 +211,6 @@ def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
                                        y_offset + y0),
         )
     return shapes
-
-
-def _changes(ones: np.ndarray) -> np.ndarray:
-    """Where a pixel differs from the one before it: slice by slice, in the CPU cache (one temporary as large
-    as all the masks costs more than the comparison itself)."""
-    slice_size, last = 1 << 16, ones.size - 1
-    parts = [np.flatnonzero(ones[begin + 1:end + 1] != ones[begin:end]) + begin + 1
-             for begin, end in ((begin, min(begin + slice_size, last)) for begin in range(0, last, slice_size))]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def _new_extremes(values: np.ndarray, group: np.ndarray) -> np.ndarray:
