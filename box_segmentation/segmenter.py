@@ -6,7 +6,7 @@ The model runs stage by stage (transform, backbone, RPN, ROI heads) rather than 
 MaskRCNN.forward, whose postprocess pastes every 28x28 mask into a full-frame float image
 (torchvision's paste_masks_in_image, ~13 ms an instance on a CPU). Here each mask is resized to
 its own box only, thresholded on the model's device, and only the cropped uint8 masks reach
-the host (see masks.masks_in_boxes). The pixels are the same as torchvision's pasted masks.
+the host (see masks.shapes_in_boxes). The pixels are the same as torchvision's pasted masks.
 """
 
 import dataclasses
