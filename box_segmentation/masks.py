@@ -166,12 +166,15 @@ def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
     ones = flat.view(bool)
     changes = np.flatnonzero(ones[1:] != ones[:-1]) + 1
     wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
-    edges = np.concatenate([[0] if ones[0] else [], changes, wrapped, wrapped, [ones.size] if ones[-1] else []])
-    if wrapped.size:
-        edges.sort()
+    edges = [changes, wrapped, wrapped]  # a wrapped run ends and the next starts at the row start
+    if ones[0]:
+        edges.insert(0, np.zeros(1, np.int64))
+    if ones[-1]:
+        edges.append(np.full(1, ones.size))
+    edges = np.sort(np.concatenate(edges), kind="stable")  # sorted runs, merged in linear time
     if edges.size == 0:
         return [None] * len(layout)
-    run_start, run_end = edges[0::2].astype(np.int64), edges[1::2].astype(np.int64)
+    run_start, run_end = edges[0::2], edges[1::2]
     row = np.searchsorted(row_starts, run_start, side="right") - 1
     first, last = run_start - row_starts[row], run_end - 1 - row_starts[row]  # columns in the box
     mask, y = mask_of_row[row], row_in_mask[row]
