@@ -31,7 +31,9 @@ One carton (estimate_poses; step 2's RANSAC runs for all cartons of the frame at
    pixels) only those within half the tolerance, as a side's first pixels past the crease and a side seen
    edge-on are a strip just beyond the plane; spurs under 3 px across opened away), every piece of it but specks: tape
    and dark print leave holes too wide to fill that cut a top into pieces; their pixel rays are cut with the
-   plane refitted on all its pixels (exact positions, free of depth noise) and the minimum-area rectangle
+   plane refitted on all its pixels together with the side faces' pixels, the sides held square to it (a side
+   seen obliquely fixes the top's tilt across it better than the top's own noisy points), which gives exact
+   positions, free of depth noise; the minimum-area rectangle
    around them, grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the
    visible top face. Its centre is the pick point, its long side the x axis.
 
@@ -447,11 +449,19 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     owner[ring & beyond_top & (owner == top)] = -1
     # Flat indices into the window from here on: a fifth of the cost of (row, column) pairs.
     ray_x, ray_y = (np.broadcast_to(axis, depth.shape).ravel() for axis in rays)
+    depth_flat = depth.ravel()
+
+    def pixel_points(pixels):
+        z = depth_flat[pixels]
+        return np.column_stack([ray_x[pixels] * z, ray_y[pixels] * z, z])
+
     on_top = np.flatnonzero(owner == top)
     plane = planes[top]
     if len(on_top) >= 3:
-        z = depth.ravel()[on_top]
-        plane = _fit_plane(np.column_stack([ray_x[on_top] * z, ray_y[on_top] * z, z]))
+        plane = _fit_plane(pixel_points(on_top))
+        square = [k for k in range(len(planes)) if abs(planes[k, :3] @ plane[:3]) < 0.5]
+        side_points = [pixel_points(np.flatnonzero(owner == k)) for k in square]
+        plane = _square_to_sides(pixel_points(on_top), plane, planes[square, :3], side_points)
     face = np.where(has_depth, owner + 2, 0)  # 0: no depth, 1: on no plane, k + 2: on plane k
     if (mask & ~has_depth).any():
         # Labels number the pixels with depth in row-major order: look up each one's nearest.
@@ -472,6 +482,8 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
     region = cv2.morphologyEx(region, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     top_face = np.flatnonzero(region)
+    if not len(top_face):  # nothing but spurs
+        return np.zeros((0, 3)), plane
     _, labels = cv2.connectedComponents(region, connectivity=8)
     labels = labels.ravel()[top_face]
     piece = np.bincount(labels) >= params.min_fragment * len(top_face)
@@ -480,6 +492,46 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     outline = (region > _erode(region, 1)).ravel()
     keep = top_face[piece[labels] & outline[top_face]]
     return _ray_points(ray_x[keep], ray_y[keep], plane), plane
+
+
+def _square_to_sides(top_points, top_plane, side_normals, side_points) -> np.ndarray:
+    """The top plane refitted together with the sides: a box's sides stand square to its top, and a side seen
+    obliquely fixes the top's tilt across it better than the top's own points do. Each face counts by its
+    points over its own mean squared residual (so a ragged side counts little), and the box turns until the
+    weighted sum of squared distances of every face's points to its face is least (Gauss-Newton)."""
+    faces = [(top_points, top_plane[:3])] + [(points, normal) for points, normal in zip(side_points, side_normals,
+                                                                                         strict=True)
+                                              if len(points) >= 30]
+    if len(faces) == 1:
+        return top_plane
+    normal = top_plane[:3]
+    x_axis = _unit(faces[1][1] - (faces[1][1] @ normal) * normal)
+    box = np.column_stack([x_axis, _cross(normal, x_axis), normal])  # columns: the box's axes
+    scatters, axes, weights = [], [], []
+    for points, face_normal in faces:
+        offsets = points - points.mean(axis=0, dtype=np.float64)
+        scatter = offsets.T @ offsets
+        along = box.T @ face_normal
+        axis = int(np.argmax(np.abs(along)))
+        scatters.append(scatter)
+        axes.append((axis, np.sign(along[axis])))
+        weights.append(len(points) / max(face_normal @ scatter @ face_normal, 1e-12))
+    for _ in range(3):
+        hessian, gradient = np.zeros((3, 3)), np.zeros(3)
+        for scatter, (axis, sign), weight in zip(scatters, axes, weights, strict=True):
+            face_normal = sign * box[:, axis]
+            jacobian = -_skew(face_normal)  # d(normal) / d(rotation vector)
+            hessian += weight * jacobian.T @ scatter @ jacobian
+            gradient += weight * jacobian.T @ scatter @ face_normal
+        step = -np.linalg.lstsq(hessian, gradient, rcond=None)[0]
+        box = cv2.Rodrigues(step)[0] @ box
+    normal = box[:, 2]
+    return np.append(normal, -normal @ top_points.mean(axis=0, dtype=np.float64))
+
+
+def _skew(v) -> np.ndarray:
+    """The matrix of v x ."""
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
 
 
 def _erode(mask, radius) -> np.ndarray:
