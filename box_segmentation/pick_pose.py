@@ -371,13 +371,7 @@ def _ransac_planes(point_sets, tolerances, params, rng) -> np.ndarray:
 
 def _fit_plane(points) -> np.ndarray:
     """Least-squares plane (n, d) with n toward the camera at the origin."""
-    centre = points.mean(axis=0, dtype=np.float64)
-    offsets = points - centre
-    # Direction of least spread: OpenCV's symmetric eigensolver, a fifth of numpy's time on a 3x3.
-    normal = cv2.eigen(offsets.T @ offsets)[2][2]
-    if normal @ centre > 0:
-        normal = -normal
-    return np.append(normal, -normal @ centre)
+    return _Face(*_scatter(points)).plane()
 
 
 def _depth_residuals(points, planes) -> np.ndarray:
@@ -456,12 +450,15 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         return np.column_stack([ray_x[pixels] * z, ray_y[pixels] * z, z])
 
     on_top = np.flatnonzero(owner == top)
-    plane = planes[top]
-    if len(on_top) >= 3:
-        plane = _fit_plane(pixel_points(on_top))
-        square = [k for k in range(len(planes)) if abs(planes[k, :3] @ plane[:3]) < 0.5]
-        side_points = [pixel_points(np.flatnonzero(owner == k)) for k in square]
-        plane = _square_to_sides(pixel_points(on_top), plane, planes[square, :3], side_points)
+    top_fit = _Face(*_scatter(pixel_points(on_top))) if len(on_top) >= 3 else None
+    plane = planes[top] if top_fit is None else top_fit.plane()
+    square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
+    sides = planes[square]
+    if top_fit is not None:
+        side_fits = [_Face(*_scatter(pixel_points(np.flatnonzero(owner == k))), normal=planes[k, :3]) for k in square]
+        seen = [k for k, side in enumerate(side_fits) if side.count >= 30]  # a few pixels fix no plane
+        if seen:
+            plane, sides[seen] = _square_to_sides(top_fit, [side_fits[k] for k in seen])
     face = np.where(has_depth, owner + 2, 0)  # 0: no depth, 1: on no plane, k + 2: on plane k
     if (mask & ~has_depth).any():
         # Labels number the pixels with depth in row-major order: look up each one's nearest.
@@ -469,7 +466,6 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         face = np.where(gap <= params.fill_px, face[has_depth][nearest - 1], 0)
     top_face = np.flatnonzero(mask & (face == top + 2))
-    sides = planes[np.abs(planes[:, :3] @ plane[:3]) < 0.5]  # more than 60 degrees from the top
     if len(sides):
         points = _ray_points(ray_x[top_face], ray_y[top_face], plane)
         inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
@@ -494,44 +490,70 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     return _ray_points(ray_x[keep], ray_y[keep], plane), plane
 
 
-def _square_to_sides(top_points, top_plane, side_normals, side_points) -> np.ndarray:
-    """The top plane refitted together with the sides: a box's sides stand square to its top, and a side seen
+class _Face(NamedTuple):
+    """A face's pixel points by their count, mean and scatter matrix (sum of outer products about the mean), and
+    the normal of a plane fitted to them (toward the camera), which `plane` finds when not given."""
+
+    count: int
+    mean: np.ndarray
+    scatter: np.ndarray
+    normal: np.ndarray | None = None
+
+    def plane(self) -> np.ndarray:
+        normal = self.normal if self.normal is not None else _least_spread(self.scatter, self.mean)
+        return np.append(normal, -normal @ self.mean)
+
+
+def _scatter(points) -> tuple[int, np.ndarray, np.ndarray]:
+    scatter, mean = cv2.calcCovarMatrix(points, None, cv2.COVAR_NORMAL | cv2.COVAR_ROWS)
+    return len(points), mean[0], scatter
+
+
+def _least_spread(scatter, mean) -> np.ndarray:
+    """The direction of least spread (OpenCV's symmetric eigensolver, a fifth of numpy's time on a 3x3), toward
+    the camera at the origin from mean."""
+    normal = cv2.eigen(scatter)[2][2]
+    return -normal if normal @ mean > 0 else normal
+
+
+def _square_to_sides(top, sides) -> tuple[np.ndarray, np.ndarray]:
+    """The top plane and the side planes refitted together: a box's sides stand square to its top, and a side seen
     obliquely fixes the top's tilt across it better than the top's own points do. Each face counts by its
     points over its own mean squared residual (so a ragged side counts little), and the box turns until the
-    weighted sum of squared distances of every face's points to its face is least (Gauss-Newton)."""
-    faces = [(top_points, top_plane[:3])] + [(points, normal) for points, normal in zip(side_points, side_normals,
-                                                                                         strict=True)
-                                              if len(points) >= 30]
-    if len(faces) == 1:
-        return top_plane
-    normal = top_plane[:3]
-    x_axis = _unit(faces[1][1] - (faces[1][1] @ normal) * normal)
+    weighted sum of squared distances of every face's points to its face is least (Gauss-Newton from the
+    top's own plane, rotations as rotation vectors)."""
+    normal = top.plane()[:3]
+    x_axis = _unit(sides[0].normal - (sides[0].normal @ normal) * normal)
     box = np.column_stack([x_axis, _cross(normal, x_axis), normal])  # columns: the box's axes
-    scatters, axes, weights = [], [], []
-    for points, face_normal in faces:
-        offsets = points - points.mean(axis=0, dtype=np.float64)
-        scatter = offsets.T @ offsets
-        along = box.T @ face_normal
-        axis = int(np.argmax(np.abs(along)))
-        scatters.append(scatter)
-        axes.append((axis, np.sign(along[axis])))
-        weights.append(len(points) / max(face_normal @ scatter @ face_normal, 1e-12))
-    for _ in range(3):
-        hessian, gradient = np.zeros((3, 3)), np.zeros(3)
-        for scatter, (axis, sign), weight in zip(scatters, axes, weights, strict=True):
-            face_normal = sign * box[:, axis]
-            jacobian = -_skew(face_normal)  # d(normal) / d(rotation vector)
-            hessian += weight * jacobian.T @ scatter @ jacobian
-            gradient += weight * jacobian.T @ scatter @ face_normal
-        step = -np.linalg.lstsq(hessian, gradient, rcond=None)[0]
+    faces = [top, *sides]
+    scatters = np.array([face.scatter for face in faces])
+    normals = np.array([normal, *(side.normal for side in sides)])
+    weights = np.array([face.count for face in faces]) / np.maximum(
+        np.einsum("fi,fij,fj->f", normals, scatters, normals), 1e-12)
+    along = normals @ box  # (F, 3): each face's normal in the box's axes
+    axes = np.argmax(np.abs(along), axis=1)
+    signs = np.sign(along[np.arange(len(faces)), axes])
+    for _ in range(2):
+        normals = (box[:, axes] * signs).T
+        # A rotation by the small vector w moves a normal n by w x n = -[n]x w: the squared distances are
+        # quadratic in w with Hessian sum [n]x^T C [n]x and gradient sum [n]x^T C n (per face, weighted).
+        crosses = _skew(normals)
+        weighted = scatters * weights[:, None, None]
+        hessian = np.einsum("fji,fjk,fkl->il", crosses, weighted, crosses)
+        gradient = np.einsum("fji,fjk,fk->i", crosses, weighted, normals)
+        step = cv2.solve(hessian, gradient[:, None], flags=cv2.DECOMP_SVD)[1]
         box = cv2.Rodrigues(step)[0] @ box
-    normal = box[:, 2]
-    return np.append(normal, -normal @ top_points.mean(axis=0, dtype=np.float64))
+    normals = (box[:, axes] * signs).T
+    means = np.array([face.mean for face in faces])
+    planes = np.column_stack([normals, -np.sum(normals * means, axis=1)])
+    return planes[0], planes[1:]
 
 
 def _skew(v) -> np.ndarray:
-    """The matrix of v x ."""
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    """(..., 3, 3): the matrices of v x, for (..., 3) vectors v."""
+    zero = np.zeros(v.shape[:-1])
+    return np.stack([np.stack([zero, -v[..., 2], v[..., 1]], -1), np.stack([v[..., 2], zero, -v[..., 0]], -1),
+                     np.stack([-v[..., 1], v[..., 0], zero], -1)], -2)
 
 
 def _erode(mask, radius) -> np.ndarray:
