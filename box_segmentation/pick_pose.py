@@ -31,11 +31,11 @@ One carton (estimate_poses; step 2's RANSAC runs for all cartons of the frame at
    pixels) only those within half the tolerance, as a side's first pixels past the crease and a side seen
    edge-on are a strip just beyond the plane; spurs under 3 px across opened away), every piece of it but specks: tape
    and dark print leave holes too wide to fill that cut a top into pieces; their pixel rays are cut with the
-   plane refitted on all its pixels together with the side faces' pixels, the sides held square to it (a side
-   seen obliquely fixes the top's tilt across it better than the top's own noisy points), which gives exact
-   positions, free of depth noise; the minimum-area rectangle
-   around them, grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the
-   visible top face. Its centre is the pick point, its long side the x axis.
+   top plane refitted on its pixels together with the side faces' pixels, the sides held square to it (a side
+   seen obliquely fixes the top's tilt across it better than the top's own noisy points; the creases are cut
+   with these square sides): exact positions, free of depth noise. The minimum-area rectangle around them,
+   grown by half a pixel's footprint (pixel centres stop short of the face's edges), is the visible top face.
+   Its centre is the pick point, its long side the x axis.
 
 A plane holds the points within a tolerance no tighter than the camera's depth step at the carton's distance
 (depth_step_at_1m times z²: quantisation alone spreads a plane's points over it), nor than how flat carton tops
