@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--proposals", type=int, nargs="+", default=[1000, 500, 300, 200],
                         help="RPN post-NMS proposals per image")
     parser.add_argument("--images", type=int, default=40, help="validation scenes")
-    parser.add_argument("--seed", type=int, default=1, help="synthetic seed (the shipped model's data: 1)")
+    parser.add_argument("--seed", type=int, default=1, help="synthetic seed (1: the standard split)")
     parser.add_argument("--size", type=int, nargs=2, default=[320, 240], help="scene width height")
     parser.add_argument("--timed-images", type=int, default=20, help="images timed per configuration")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")

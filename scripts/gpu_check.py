@@ -56,6 +56,7 @@ class Settings:
         self.frame_size = (320, 180) if rehearse else (1280, 720)
         self.train_iters = 2 if rehearse else 6
         self.latency_frames = 3 if rehearse else 30
+        self.first_answer_s = 120 if rehearse else 300  # a node's start: model load, CUDA context, warm-up
         self.gpus = 1 if rehearse else torch.cuda.device_count()
         self.reduced = ["bf16"] if rehearse else ["fp16", "bf16"]
         self.node_precisions = ["fp32"] if rehearse else ["fp32", "fp16"]
@@ -73,32 +74,20 @@ def train_iterations(settings, data, amp: str, checkpoint: Path | None = None) -
     dataset = load_split(data, "train", train_transforms())
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, shuffle=True, collate_fn=collate, num_workers=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=0.0005)
-    if amp == "float16":  # train.py's path: engine.py's autocast (float16 on CUDA) with a GradScaler
-        scaler = torch.amp.GradScaler("cuda") if settings.device.type == "cuda" else None
-        result = train_one_epoch(model, optimizer, loader, settings.device, epoch=1, scaler=scaler,
-                                 max_iters=settings.train_iters)
-        loss, rate = result["loss"], result["images_per_s"]
-    else:  # bfloat16 needs no scaler: its exponent range is float32's
-        model.train()
-        start, images, loss = time.perf_counter(), 0, math.nan
-        batches = iter(loader)
-        for _ in range(settings.train_iters):
-            batch_images, targets = next(batches)
-            batch_images = [image.to(settings.device) for image in batch_images]
-            targets = [{k: v.to(settings.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                       for t in targets]
-            with torch.autocast(settings.device.type, dtype=torch.bfloat16):
-                losses = sum(model(batch_images, targets).values())
-            optimizer.zero_grad(set_to_none=True)
-            losses.backward()
-            optimizer.step()
-            loss, images = losses.item(), images + len(batch_images)
-        rate = images / (time.perf_counter() - start)
+    # train.py's path: engine.py under autocast; float16 with a GradScaler, bfloat16 (float32's exponent range)
+    # without one
+    cuda = settings.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if amp == "float16" and cuda else None
+    # a CPU emulates float16 autocast (minutes an iteration): the rehearsal runs that step in float32
+    amp_dtype = getattr(torch, amp) if cuda or amp == "bfloat16" else None
+    result = train_one_epoch(model, optimizer, loader, settings.device, epoch=1, scaler=scaler,
+                             max_iters=settings.train_iters, amp_dtype=amp_dtype)
+    loss, rate = result["loss"], result["images_per_s"]
     if not math.isfinite(loss):
         raise RuntimeError(f"non-finite loss {loss}")
     if checkpoint is not None:
         save_checkpoint(checkpoint, model, config)
-    return f"{settings.train_iters} iterations, last loss {loss:.3f}, {rate:.1f} images/s"
+    return f"{settings.train_iters} iterations, mean loss {loss:.3f}, {rate:.1f} images/s"
 
 
 def run_script(command: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -226,12 +215,12 @@ def node_latency(settings, command: list[str], reply_type, reply_topic: str) -> 
     client = LatencyClient(render_scene(np.random.default_rng(0), width, height, kind="pallet").image,
                            reply_type, reply_topic)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + settings.first_answer_s
         while client.round_trip(timeout=2.0) is None:
             if process.poll() is not None:
                 raise RuntimeError(f"the node exited {process.returncode}: {process.communicate()[0][-1500:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError("no answer within 300 s of starting")
+                raise RuntimeError(f"no answer within {settings.first_answer_s} s of starting")
         for _ in range(3):  # warm-up: CUDA kernels, autotuning
             client.round_trip(timeout=30.0)
         return Latency([client.round_trip(timeout=30.0) for _ in range(settings.latency_frames)])
@@ -250,7 +239,8 @@ def our_node(settings, checkpoint: Path, precision: str):
     command = [sys.executable, "-m", "box_segmentation.node", "--ros-args", "--params-file",
                str(REPO / "config" / "segment.yaml"), "-p", f"checkpoint:={checkpoint}",
                "-p", f"device:={settings.device.type}", "-p", f"precision:={precision}",
-               "-p", "input_reliability:=reliable", "-p", "score_threshold:=0.0", "-p", "max_detections:=50"]
+               "-p", "input_reliability:=reliable", "-p", "score_threshold:=0.0", "-p", "max_detections:=50",
+               "-r", f"image:={IMAGE_TOPIC}", "-r", "box_masks:=/box_masks"]
     return node_latency(settings, command, BoxMasks, "/box_masks")
 
 

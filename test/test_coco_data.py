@@ -9,6 +9,7 @@ from coco_data import CocoCartons, DataError, boxes_from_masks, collate, load_sp
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from box_segmentation.evaluation.coco_annotations import compressed_run_lengths
 from box_segmentation.evaluation.scd_layout import split_paths
 
 
@@ -130,11 +131,21 @@ def test_missing_folder_or_bad_json_name_the_path(tmp_path, defects):
         load_split(defects, "train")
 
 
+def rle_claiming(height, width, pixels):
+    """A compressed RLE for a (height, width) image whose run lengths cover `pixels` pixels."""
+    side = int(pixels ** 0.5)
+    rle = mask_utils.encode(np.asfortranarray(np.ones((side, pixels // side), np.uint8)))
+    return {"size": [height, width], "counts": rle["counts"].decode()}
+
+
 @pytest.mark.parametrize("case, report_key", [
     ("nan coordinate", "instances_coordinates_out_of_range"),
     ("1e300 coordinate", "instances_coordinates_out_of_range"),
     ("null annotation", "instances_malformed"),
     ("string coordinate", "instances_malformed"),
+    ("compressed RLE of too few pixels", "instances_malformed"),
+    ("compressed RLE of too many pixels", "instances_malformed"),
+    ("compressed RLE, not the format", "instances_malformed"),
     ("width 0", "images_bad_size"),
     ("width a thousand times the file's", "images_bad_size"),
 ])
@@ -146,6 +157,11 @@ def test_what_a_fuzz_run_found_is_counted_not_fatal(tmp_path, case, report_key):
         "1e300 coordinate": {"image_id": 1, "segmentation": [[1, 1, 1e300, 5, 9, 1e300]]},
         "null annotation": None,
         "string coordinate": {"image_id": 1, "segmentation": [[1, 1, "9", 5, 9, 9]]},
+        # pycocotools decodes short run lengths into a mask with uninitialised bytes, and refuses
+        # long ones only when the mask is decoded, mid-epoch
+        "compressed RLE of too few pixels": {"image_id": 1, "segmentation": rle_claiming(48, 64, 100)},
+        "compressed RLE of too many pixels": {"image_id": 1, "segmentation": rle_claiming(48, 64, 1000 * 1000)},
+        "compressed RLE, not the format": {"image_id": 1, "segmentation": {"size": [48, 64], "counts": "0P~~"}},
     }.get(case)
     _, annotation_file = write_coco(tmp_path, [("a.jpg", (64, 48), (64, 48))], [good])
     coco = json.loads(annotation_file.read_text())
@@ -188,3 +204,16 @@ def test_categories_nothing_can_be_learnt_from_are_a_clear_error(tmp_path, categ
     annotation_file.write_text(json.dumps({**coco, "categories": categories}))
     with pytest.raises(DataError, match=message):
         load_split(tmp_path, "train")
+
+
+def test_compressed_run_lengths_read_what_pycocotools_writes():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        height, width = rng.integers(1, 60, 2)
+        mask = (rng.random((height, width)) < rng.random()).astype(np.uint8)
+        compressed = mask_utils.encode(np.asfortranarray(mask))["counts"].decode()
+        column_major = mask.ravel(order="F")
+        changes = np.flatnonzero(np.diff(column_major)) + 1
+        edges = [0, *changes.tolist(), column_major.size]
+        runs = ([0] if column_major[0] else []) + np.diff(edges).tolist()  # runs start with zeros
+        assert compressed_run_lengths(compressed) == runs

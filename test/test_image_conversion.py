@@ -247,7 +247,7 @@ def test_a_compressed_image_claiming_a_huge_size_is_refused_before_decoding():
 
 @pytest.mark.parametrize("height, width", [(1000, 1), (1, 1000), (2, 2000), (2000, 2), (3, 1000)])
 def test_sizes_the_model_cannot_take_are_refused_raw_and_compressed(height, width):
-    # The model resizes the long side to at most max_size (320 for the shipped model): a side
+    # The model resizes the long side to at most max_size (480 for the shipped model): a side
     # shorter than long / max_size becomes 0 pixels, and inference fails.
     with pytest.raises(ImageConversionError, match=f"{width}x{height}"):
         image_to_rgb("mono8", height, width, width, False, bytes(height * width))

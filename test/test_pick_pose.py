@@ -127,15 +127,19 @@ def test_poses_with_sensor_noise_and_holes_stay_within_twice_the_bounds():
 
 
 # Scenes of the generator whose carton tops lie at about these distances from a camera looking down
-# (median depth of their tops within 20 %), at the field camera's 640x480.
-STEREO_SCENES = {1.0: [("pallet", 2), ("pallet", 67), ("loose", 13), ("loose", 22)],
-                 1.5: [("pallet", 4), ("pallet", 87), ("loose", 25), ("loose", 14)],
-                 2.5: [("loose", 23), ("loose", 30), ("loose", 19), ("loose", 27)]}
-# Share of the well-seen cartons within BOUNDS_STEREO. Issue 17 asks 0.95 everywhere; at 2.5 m (4.5 mm pixels,
-# 15.6 mm depth steps, 9 mm of noise) 17 of 19 are. A 20 cm wide top's normal comes out 3.9 degrees off: least
-# squares on its true pixels alone does no better (4.4), the noise floor. The first pixel or two of a side past
-# the crease lie within a depth step of the top (a side seen obliquely rises about 13 mm a pixel), which widens
-# one top by 2 cm.
+# (median depth of their half-seen tops within 20 %), at the field camera's 640x480: the first by seed (loose
+# before pallet) that show a well-seen top at that distance, until at least 20 (30 at 2.5 m) such tops.
+STEREO_SCENES = {1.0: [("pallet", 2), ("loose", 6), ("pallet", 11), ("loose", 13), ("pallet", 19), ("loose", 21),
+                       ("loose", 22), ("loose", 26)],
+                 1.5: [("loose", 2), ("pallet", 3), ("pallet", 4), ("loose", 8), ("loose", 14)],
+                 2.5: [("loose", 4), ("pallet", 5), ("loose", 19), ("loose", 20), ("loose", 23), ("loose", 27),
+                       ("loose", 30), ("pallet", 30), ("loose", 31)]}
+# Share of the well-seen cartons at that distance within BOUNDS_STEREO. Issue 17 asks 0.95 everywhere. At 2.5 m
+# (4.5 mm pixels, 15.6 mm depth steps, 9.8 mm of correlated noise) this fit gets about 88 % of the 137 well-seen
+# tops of all 42 scenes of seeds 0-159 (python test/test_pick_pose.py --all-seeds): a plane fitted to the true
+# top pixels alone gets 81 % of the normals within 3 degrees, and with the true side pixels held square to it
+# 90 %, the noise floor of one frame; the rest are tops widened by a side's first pixels past the crease, which
+# lie within a depth step of the top.
 ACCURATE_SHARE = {1.0: 0.95, 1.5: 0.95, 2.5: 0.85}
 BOUNDS_STEREO = {"position": 0.015, "normal_deg": 3.0, "size": 0.015}
 
@@ -150,11 +154,12 @@ def top_share_seen(scene, label):
     return seen / cv2.contourArea(uv.astype(np.float32))
 
 
-def stereo_results(distance):
-    """(half-seen tops, OK among them, errors of each well-seen carton or None without an OK pose) over the
-    scenes at `distance` on quantised, correlated, holed, flying, bulging and 1-4 px misregistered depth."""
+def stereo_results(distance, scenes=None):
+    """(half-seen tops, OK among them, errors of each well-seen carton at that distance (within 20 %) or None
+    without an OK pose) over the scenes at `distance` (STEREO_SCENES's unless given) on quantised, correlated,
+    holed, flying, bulging and 1-4 px misregistered depth."""
     half_seen, ok, found = 0, 0, []
-    for kind, seed in STEREO_SCENES[distance]:
+    for kind, seed in STEREO_SCENES[distance] if scenes is None else scenes:
         scene = synthetic.render_scene(seed, 640, 480, kind)
         labels = scene.visible_labels()
         tops = [scene.cartons[label - 1].top_center[2] for label in labels if top_share_seen(scene, label) >= 0.5]
@@ -171,7 +176,7 @@ def stereo_results(distance):
             if top_share_seen(scene, label) >= 0.5:
                 half_seen += 1
                 ok += pose.status == PoseStatus.OK
-            if top_face_well_seen(scene, label):
+            if top_face_well_seen(scene, label) and abs(scene.cartons[label - 1].top_center[2] / distance - 1) < 0.2:
                 found.append(errors(pose, scene.cartons[label - 1]) if pose.status == PoseStatus.OK else None)
     return half_seen, ok, found
 
@@ -184,10 +189,21 @@ def within(found, bounds):
 def test_poses_hold_on_a_stereo_cameras_depth(distance):
     """At least half-seen tops get an OK pose; well-seen ones their true pick point, normal and size."""
     half_seen, ok, found = stereo_results(distance)
-    assert half_seen >= 20 and len(found) >= 10
+    assert half_seen >= 20 and len(found) >= 20
     assert ok >= 0.95 * half_seen, f"{ok} of {half_seen} half-seen tops OK"
     accurate = within(found, BOUNDS_STEREO)
     assert len(accurate) >= ACCURATE_SHARE[distance] * len(found), f"{len(accurate)} of {len(found)}: {found}"
+
+
+def test_a_top_face_of_spurs_alone_is_a_poor_fit():
+    """Carton 18 of this far, uncorrected frame shows its top plane only in strips under 3 px across, which the
+    opening removes: POOR_FIT for it (this once raised IndexError and lost the frame's poses)."""
+    scene = synthetic.render_scene(41, 640, 480, "loose")
+    depth_mm, _ = stereo_depth(scene.depth, scene.labels, scene.top_face, scene.image, scene.camera, scene.cartons,
+                               np.random.default_rng(41))
+    spurs, = estimate_poses([instance_of(scene.labels == 18)], depth_mm / np.float32(1000), intrinsics(scene),
+                            up=up_in_camera(scene))
+    assert spurs.status == PoseStatus.POOR_FIT and spurs.quality > PoseParams().min_quality
 
 
 def test_lens_distortion_is_undone_before_back_projection():
@@ -392,17 +408,82 @@ def test_poses_fill_the_box_masks_message():
         add_poses(untouched, poses[1:], order)
 
 
+def scenes_at(distances, seeds):
+    """{distance: the generator's scenes (kind, seed) of these seeds whose half-seen tops' median depth is within
+    20 % of it}."""
+    found = {distance: [] for distance in distances}
+    for seed in seeds:
+        for kind in ("loose", "pallet"):
+            scene = synthetic.render_scene(seed, 640, 480, kind)
+            tops = [scene.cartons[label - 1].top_center[2] for label in scene.visible_labels()
+                    if top_share_seen(scene, label) >= 0.5]
+            for distance in distances:
+                if tops and abs(np.median(tops) / distance - 1) < 0.2:
+                    found[distance].append((kind, seed))
+    return found
+
+
+def normal_floor(distance, scenes):
+    """Of the well-seen tops at `distance` (within 20 %) in these scenes, how many normals come out more than 3
+    degrees off when fitted to the true top pixels of registered stereo depth alone, and how many with the true
+    side pixels held square to the top (pick_pose's joint refit): what one frame's noise allows at best."""
+    from box_segmentation.pick_pose import _Face, _fit_plane, _scatter, _square_to_sides
+
+    def points(pixels, depth, camera):
+        rows, cols = np.nonzero(cv2.erode(pixels.astype(np.uint8), np.ones((5, 5), np.uint8)) & (depth > 0))
+        z = depth[rows, cols]
+        return np.column_stack([(cols - camera.cx) / camera.fx * z, (rows - camera.cy) / camera.fy * z, z])
+
+    tops, top_off, joint_off = 0, 0, 0
+    for kind, seed in scenes:
+        scene = synthetic.render_scene(seed, 640, 480, kind)
+        camera = scene.camera
+        depth = stereo_depth(scene.depth, scene.labels, scene.top_face, scene.image, camera, scene.cartons,
+                             np.random.default_rng(seed), shift=(0, 0))[0] / 1000.0
+        v, u = np.mgrid[:camera.height, :camera.width]
+        true_points = np.dstack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones(u.shape)]) \
+            * (scene.depth / 1000.0)[..., None]
+        for label in scene.visible_labels():
+            carton = scene.cartons[label - 1]
+            if not top_face_well_seen(scene, label) or abs(carton.top_center[2] / distance - 1) >= 0.2:
+                continue
+            own = scene.labels == label
+            top = _Face(*_scatter(points(own & scene.top_face, depth, camera)))
+            # Which side a pixel shows, from the true surface: the one it lies on (within 5 mm).
+            box = (true_points - carton.top_center + carton.top_normal * carton.size[2] / 2) @ carton.rotation
+            sides = []
+            for axis in (0, 1):
+                for sign in (1, -1):
+                    side = points(own & ~scene.top_face & (np.abs(sign * box[..., axis] - carton.size[axis] / 2)
+                                                          < 0.005), depth, camera)
+                    if len(side) >= 30:
+                        sides.append(_Face(*_scatter(side), normal=_fit_plane(side)[:3]))
+            joint = _square_to_sides(top, sides)[0] if sides else top.plane()
+            tops += 1
+            top_off += math.degrees(math.acos(min(1.0, abs(top.plane()[:3] @ carton.top_normal)))) > 3
+            joint_off += math.degrees(math.acos(min(1.0, abs(joint[:3] @ carton.top_normal)))) > 3
+    return tops, top_off, joint_off
+
+
 if __name__ == "__main__":  # the figures in README's pick-pose section
+    import sys
+    all_seeds = "--all-seeds" in sys.argv[1:]  # every scene of seeds 0-159 at each distance, not only the tests'
     print("depth           well-seen  OK  pick point  normal   size   (worst, mm / degrees / mm)")
     for name, noise_seed in (("clean", None), ("sensor-like", 100)):
         errors_found = [entry[3] for entry in pose_errors(noise_seed)]
         print(f"{name:15} {len(errors_found):9} all  " + "  ".join(
             f"{max(e[key] for e in errors_found) * scale:6.1f}" for key, scale in
             (("position", 1000), ("normal_deg", 1), ("size", 1000))))
-    print("stereo    half-seen tops OK   well-seen within 1.5 cm / 3 deg   worst pick point / normal / size")
+    print("stereo    scenes  half-seen tops OK   well-seen within 1.5 cm / 3 deg   worst pick point / normal / size")
+    all_scenes = scenes_at(sorted(STEREO_SCENES), range(160)) if all_seeds else STEREO_SCENES
     for distance in sorted(STEREO_SCENES):
-        half_seen, ok, found = stereo_results(distance)
+        scenes = all_scenes[distance]
+        half_seen, ok, found = stereo_results(distance, scenes)
         posed = [e for e in found if e is not None]
-        print(f"{distance:.1f} m     {ok}/{half_seen:<18} {len(within(found, BOUNDS_STEREO))}/{len(found):<27} "
-              + " / ".join(f"{max(e[key] for e in posed) * scale:.1f}" for key, scale in
-                           (("position", 1000), ("normal_deg", 1), ("size", 1000))))
+        print(f"{distance:.1f} m     {len(scenes):<7} {ok}/{half_seen:<18} {len(within(found, BOUNDS_STEREO))}/"
+              f"{len(found):<27} " + " / ".join(f"{max(e[key] for e in posed) * scale:.1f}" for key, scale in
+                                              (("position", 1000), ("normal_deg", 1), ("size", 1000))))
+        if all_seeds:
+            tops, top_off, joint_off = normal_floor(distance, scenes)
+            print(f"          true pixels of {tops} well-seen tops, normals over 3 deg: {top_off} from the top alone, "
+                  f"{joint_off} with the sides square to it")

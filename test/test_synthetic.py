@@ -116,6 +116,13 @@ def test_same_seed_same_bytes_other_seed_differs(root, style, tmp_path):
     assert all(other[name] != again[name] for name in again if name.suffix in (".jpg", ".json"))
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    """Scenes rendered in two processes (9 images: a chunk each) land in the same files as in one."""
+    alone = synthetic.generate_dataset(tmp_path / "alone", 9, 2, SEED, WIDTH, HEIGHT, STYLES["full"])
+    pooled = synthetic.generate_dataset(tmp_path / "pooled", 9, 2, SEED, WIDTH, HEIGHT, STYLES["full"], workers=2)
+    assert files(pooled) == files(alone)
+
+
 def check_top_faces(depth, camera, top_faces, cartons):
     """Each carton's top-face pixels, back-projected, lie on one plane: the true top face."""
     checked = 0

@@ -31,6 +31,7 @@ overrides the chosen style's odds, e.g. `--style plain --printed 1` for printed 
 """
 
 import argparse
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
     parser.add_argument("--width", type=int, default=640, help="image width in pixels")
     parser.add_argument("--height", type=int, default=480, help="image height in pixels")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="processes rendering scenes; the files do not depend on it")
     parser.add_argument("--preview", type=Path, help="also write the first training image with its masks drawn")
     parser.add_argument("--style", choices=STYLES, default="full", help="preset of the switches below")
     for switch, meaning in SWITCHES.items():
@@ -64,9 +67,11 @@ def main():
         style = replace(STYLES[args.style], **overrides)
     except ValueError as error:
         parser.error(str(error))
-    root = generate_dataset(args.out, args.train, args.val, args.seed, args.width, args.height, style)
+    root = generate_dataset(args.out, args.train, args.val, args.seed, args.width, args.height, style,
+                            max(args.workers, 1))
     if args.preview:
-        scene = dataset_scene(args.seed, "train", 0, args.width, args.height, style)
+        scene = dataset_scene(args.seed, "train", 0, args.width, args.height, style,
+                            max(args.workers, 1))
         args.preview.write_bytes(encode_jpeg(overlay(scene), quality=80))
     print(root)
 

@@ -1,6 +1,9 @@
 """Dataset writing: scenes as JPEG images, depth PNGs and COCO annotations (RLE masks) in SCD's OSCD layout."""
 
 import json
+import multiprocessing
+from contextlib import nullcontext
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -46,32 +49,52 @@ def encode_jpeg(rgb, quality=JPEG_QUALITY):
     return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
-def write_split(out, split, count, seed, width, height, style):
+def render_entry(seed, split, index, width, height, style):
+    """Image `index` of a split, encoded: (JPEG bytes, depth PNG bytes, COCO image without its
+    "depth_file", its annotations with ids from 1). It needs only its arguments: worker processes run it."""
+    scene = dataset_scene(seed, split, index, width, height, style)
+    stem = f"{index:06d}"
+    image = {"id": index + 1, "file_name": f"{stem}.jpg", "width": width, "height": height,
+             "camera": scene.camera.intrinsics(), "scene": scene.kind}
+    depth_png = cv2.imencode(".png", scene.depth)[1].tobytes()
+    return encode_jpeg(scene.image), depth_png, image, annotate(scene, index + 1, 1)
+
+
+def write_split(out, split, count, seed, width, height, style, workers=1):
     images_dir, annotations_path = split_paths(out, split)
     depth_dir = images_dir.with_name(f"{images_dir.name}_depth")
     for folder in (images_dir, depth_dir, annotations_path.parent):
         folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(seed, split, index, width, height, style) for index in range(count)]
     images, annotations = [], []
-    for index in range(count):
-        scene = dataset_scene(seed, split, index, width, height, style)
-        stem, image_id = f"{index:06d}", index + 1
-        (images_dir / f"{stem}.jpg").write_bytes(encode_jpeg(scene.image))
-        (depth_dir / f"{stem}.png").write_bytes(cv2.imencode(".png", scene.depth)[1].tobytes())
-        images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": width, "height": height,
-                       "depth_file": f"{depth_dir.name}/{stem}.png", "camera": scene.camera.intrinsics(),
-                       "scene": scene.kind})
-        annotations += annotate(scene, image_id, len(annotations) + 1)
+    with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else nullcontext() as pool:
+        # imap keeps the order of the indices: the files and json are the same bytes for any worker count
+        entries = pool.imap(_render_job, jobs, chunksize=8) if pool else map(_render_job, jobs)
+        for jpeg, depth_png, image, image_annotations in entries:
+            depth_file = f"{Path(image['file_name']).stem}.png"
+            (images_dir / image["file_name"]).write_bytes(jpeg)
+            (depth_dir / depth_file).write_bytes(depth_png)
+            image["depth_file"] = f"{depth_dir.name}/{depth_file}"
+            images.append(image)
+            for annotation in image_annotations:
+                annotation["id"] += len(annotations)
+            annotations += image_annotations
     coco = {"info": {"description": "synthetic stacked cartons, SCD/OSCD layout", "version": "1.0",
                      "style": style.to_json()},
             "licenses": [], "categories": [CATEGORY], "images": images, "annotations": annotations}
     annotations_path.write_text(json.dumps(coco, sort_keys=True, separators=(",", ":")))
 
 
-def generate_dataset(out, train, val, seed, width=640, height=480, style=PLAIN):
+def _render_job(job):
+    return render_entry(*job)
+
+
+def generate_dataset(out, train, val, seed, width=640, height=480, style=PLAIN, workers=1):
     """Write `train` and `val` images in SCD's OSCD layout under out; returns the oneclass_carton root.
-    style: the generator's switches (synthetic.style); the default is the plain generator."""
-    write_split(out, "train", train, seed, width, height, style)
-    write_split(out, "val", val, seed, width, height, style)
+    style: the generator's switches (synthetic.style); the default is the plain generator. workers:
+    processes rendering scenes (each scene has its own random stream, so the output does not change)."""
+    write_split(out, "train", train, seed, width, height, style, workers)
+    write_split(out, "val", val, seed, width, height, style, workers)
     return dataset_root(out)
 
 
