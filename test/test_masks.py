@@ -185,9 +185,11 @@ def test_shapes_in_boxes_are_the_shapes_of_the_crops():
     sizes = torch.rand(30, 2, generator=generator) * 90 + 2
     sizes[:6] = torch.rand(6, 2, generator=generator) * 20 + 1
     boxes = torch.cat([corners, corners + sizes], dim=1)
+    probs[1] = 1.0
+    boxes[1] = torch.tensor([-50.0, -40.0, -8.0, -6.0])  # wholly outside the image
     shapes = shapes_in_boxes(probs, boxes, (height, width), threshold=0.5)
     crops = masks_in_boxes(probs, boxes, (height, width), threshold=0.5)
-    assert shapes[0] is None and sum(shape is None for shape in shapes) < 10
+    assert shapes[0] is None and shapes[1] is None and sum(shape is None for shape in shapes) < 10
     for shape, crop in zip(shapes, crops, strict=True):
         expected = describe(crop)
         if expected is None:
