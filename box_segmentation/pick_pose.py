@@ -221,8 +221,9 @@ def quaternion_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, f
 
 
 class _Fit(NamedTuple):
-    """A carton's depth points: how many on its eroded mask, those few to fit planes to (float32), the inlier
-    distance, the camera's depth step there, and its window's pixel rays (Intrinsics.normalised_grid)."""
+    """A carton's depth points: how many on its eroded mask, those few to fit planes to ((3, N) float32, rows x,
+    y, z), the inlier distance, the camera's depth step there, and its window's pixel rays
+    (Intrinsics.normalised_grid)."""
 
     points: int
     thinned: np.ndarray
@@ -245,7 +246,7 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
     thin = measured[::every]
     rays = intrinsics.normalised_grid(x, y, w, h)
     z = depth.ravel()[thin]
-    thinned = np.column_stack([rays[0].ravel()[thin % w] * z, rays[1].ravel()[thin // w] * z, z])
+    thinned = np.stack([rays[0].ravel()[thin % w] * z, rays[1].ravel()[thin // w] * z, z])
     # Never tighter than the camera's depth step there: quantisation alone spreads a plane's points over it.
     step = params.depth_step_at_1m * _median(z) ** 2
     noise = _depth_noise(depth, eroded & has_depth, params.noise_lag_px)
@@ -264,7 +265,7 @@ def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner)
         return CartonPose(PoseStatus.NO_TOP_FACE, quality, fit.points)
     # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the top's
     # extent takes only what that spread (or the depth step) explains, so a side's first pixels stay off it.
-    spread = 1.4826 * _median(_depth_residuals(fit.thinned[owner == top], planes[top][None])[:, 0])
+    spread = 1.4826 * _median(_depth_residuals(fit.thinned[:, owner == top], planes[top][None])[0])
     tolerance = min(fit.tolerance, max(params.inlier_sigmas * spread, fit.step, params.min_inlier_distance))
     x, y, w, h = roi
     face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], planes, top, tolerance, fit.rays,
@@ -303,93 +304,133 @@ def _median(values) -> float:
 
 def _find_faces(point_sets, tolerances, params, rng) -> list:
     """Per carton, (K, 4) planes n . p + d = 0 with n toward the camera and each point's plane index (-1: on
-    none); (None, None) when no face holds enough points. Each round's RANSAC runs for all cartons at once."""
-    planes = [[] for _ in point_sets]
-    unexplained = [np.ones(len(points), bool) for points in point_sets]
-    min_face = [max(3, params.min_face_fraction * len(points)) for points in point_sets]
-    active = list(range(len(point_sets)))
-    for _ in range(params.max_faces):
-        active = [i for i in active if np.count_nonzero(unexplained[i]) >= min_face[i]]
-        if not active:
+    none); (None, None) when no face holds enough points. All cartons at once: their (3, N) points padded to
+    one (C, 3, P) array (zeros past each carton's own: on no plane, as their rays are 0 / 0)."""
+    counts = np.array([points.shape[1] for points in point_sets])
+    points = np.zeros((len(point_sets), 3, counts.max()), np.float32)
+    for padded, own in zip(points, point_sets, strict=True):
+        padded[:, :own.shape[1]] = own
+    tolerances = np.asarray(tolerances)[:, None, None]
+    min_face = np.maximum(3, params.min_face_fraction * counts)
+    unexplained = np.arange(points.shape[2]) < counts[:, None]
+    planes = np.zeros((len(points), params.max_faces, 4))
+    faces = np.zeros(len(points), int)  # faces found so far
+    searching = np.ones(len(points), bool)
+    for face in range(params.max_faces):
+        left = np.count_nonzero(unexplained, axis=1)
+        at = np.flatnonzero(searching & (left >= min_face))
+        if not len(at):
             break
-        found = _ransac_planes([point_sets[i][unexplained[i]] for i in active], tolerances[active], params, rng)
-        still = []
-        for i, plane in zip(active, found, strict=True):
-            on_plane = unexplained[i] & (_depth_residuals(point_sets[i], plane[None])[:, 0] < tolerances[i])
-            if np.count_nonzero(on_plane) >= min_face[i]:
-                planes[i].append(_fit_plane(point_sets[i][on_plane]))
-                unexplained[i] &= ~on_plane
-                still.append(i)
-        active = still
-    return [_settle_faces(points, np.array(found), tolerance, least) if found else (None, None)
-            for points, found, tolerance, least in zip(point_sets, planes, tolerances, min_face, strict=True)]
+        # Each carton's unexplained points first, in order: RANSAC draws among them.
+        candidates = np.argsort(~unexplained[at], axis=1, kind="stable")
+        found = _ransac_planes(points[at], candidates, left[at], tolerances[at], params, rng)
+        on_plane = unexplained[at] & (_depth_residuals(points[at], found[:, None])[:, 0] < tolerances[at, 0])
+        held = np.count_nonzero(on_plane, axis=1) >= min_face[at]
+        at, on_plane = at[held], on_plane[held]
+        planes[at, face] = _fit_planes(points[at], on_plane[:, None])[:, 0]
+        unexplained[at] &= ~on_plane
+        faces[at] += 1
+        searching[:] = False
+        searching[at] = True
+    planes, owner = _settle_faces(points, planes, np.arange(params.max_faces) < faces[:, None], tolerances, min_face)
+    found = []
+    for own_planes, own_owner, count in zip(planes, owner, counts, strict=True):
+        kept = ~np.isnan(own_planes[:, 0])
+        renumber = np.cumsum(kept) - 1
+        found.append((own_planes[kept], np.where(own_owner[:count] >= 0, renumber[own_owner[:count]], -1))
+                     if kept.any() else (None, None))
+    return found
 
 
-def _settle_faces(points, planes, tolerance, min_face):
-    """Planes found first take the points along shared edges: give each point to its nearest plane and refit."""
-    if len(planes) == 1:  # a lone plane shares no edge: fitted on its points already
-        return planes, _nearest_plane(points, planes, tolerance)
+def _settle_faces(points, planes, found, tolerances, min_face):
+    """Planes found first take the points along shared edges: give each point to its nearest plane and refit,
+    twice; a plane left with fewer than min_face points goes (NaN). Returns the planes and each point's plane."""
+    planes = np.where(found[..., None], planes, np.nan)
+    shared = np.count_nonzero(found, axis=1) > 1  # a lone plane shares no edge: fitted on its points already
     for _ in range(2):
-        owner = _nearest_plane(points, planes, tolerance)
-        kept = [k for k in range(len(planes)) if np.count_nonzero(owner == k) >= min_face]
-        if not kept:
-            return None, None
-        planes = np.array([_fit_plane(points[owner == k]) for k in kept])
-    return planes, _nearest_plane(points, planes, tolerance)
+        owner = _nearest_planes(points[shared], planes[shared], tolerances[shared])
+        members = owner[:, None] == np.arange(planes.shape[1])[:, None]
+        kept = np.count_nonzero(members, axis=2) >= min_face[shared, None]
+        planes[shared] = np.where(kept[..., None], _fit_planes(points[shared], members), np.nan)
+    return planes, _nearest_planes(points, planes, tolerances)
 
 
-def _ransac_planes(point_sets, tolerances, params, rng) -> np.ndarray:
-    """(C, 4): per point set, the plane through three of its points that most of its others lie on.
+def _nearest_planes(points, planes, tolerances) -> np.ndarray:
+    """(C, P): each point's nearest plane in depth, -1 when none is within the tolerance (NaN planes: none)."""
+    residuals = _depth_residuals(points, planes)
+    residuals[np.isnan(planes[..., 0])] = np.inf
+    return np.where(residuals.min(axis=1) < tolerances[:, 0], residuals.argmin(axis=1), -1)
 
-    All sets and all hypotheses at once: each set's hypotheses are scored on ransac_points of its points
-    (drawn with replacement), as one batched product.
+
+def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.ndarray:
+    """(C, 4): per carton, the plane through three of its candidate points that most of the others lie on.
+    points (C, 3, P); candidates (C, P) indices into them, each carton's first counts[c] the candidates.
+
+    All cartons and all hypotheses at once: each carton's hypotheses are scored on ransac_points of its
+    candidates (drawn with replacement), as one batched product.
     """
-    counts = np.array([len(points) for points in point_sets])
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pooled = np.concatenate(point_sets)
-    draws = len(point_sets), params.ransac_iterations
-    triples = pooled[starts[:, None, None] + (rng.random((*draws, 3)) * counts[:, None, None]).astype(np.int64)]
-    scored = pooled[starts[:, None] + (rng.random((len(point_sets), params.ransac_points))
-                                       * counts[:, None]).astype(np.int64)]
-    a, b = triples[:, :, 1] - triples[:, :, 0], triples[:, :, 2] - triples[:, :, 0]
-    normals = np.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1], a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
-                        a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], axis=-1)
-    lengths = np.sqrt(np.sum(normals * normals, axis=-1))
+    def drawn(shape):  # (C, 3, *shape): candidate points drawn at random
+        picks = (rng.random((len(points), *shape)) * counts.reshape(-1, *(1,) * len(shape))).astype(np.int64)
+        indices = np.take_along_axis(candidates, picks.reshape(len(points), -1), axis=1)
+        return np.take_along_axis(points, indices[:, None], axis=2).reshape(len(points), 3, *shape)
+
+    triples = drawn((params.ransac_iterations, 3))  # (C, 3, I, 3)
+    scored = drawn((params.ransac_points,))  # (C, 3, S)
+    a, b = triples[..., 1] - triples[..., 0], triples[..., 2] - triples[..., 0]
+    normals = np.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                        a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], axis=2)  # (C, I, 3)
+    lengths = np.sqrt(np.sum(normals * normals, axis=2))
     normals /= np.maximum(lengths, 1e-12)[..., None]
-    offsets = -np.sum(normals * triples[:, :, 0], axis=-1)
+    offsets = -np.sum(normals * np.swapaxes(triples[..., 0], 1, 2), axis=2)
     # Depth residual |n . p + d| / |n . ray| below the tolerance, with ray = p / z: |n . p + d| z < tolerance
-    # |n . p|, all (C, S, I) at once from one batched product.
-    along = scored @ normals.transpose(0, 2, 1)
-    distances = np.abs(along + offsets[:, None, :]) * scored[..., 2:]
-    support = np.count_nonzero(distances < np.abs(along) * np.asarray(tolerances, np.float32)[:, None, None], axis=1)
+    # |n . p|, all (C, I, S) at once from one batched product.
+    along = normals @ scored
+    distances = np.abs(along + offsets[..., None])
+    distances *= scored[:, 2:]
+    np.abs(along, out=along)
+    along *= tolerances.astype(np.float32)
+    support = np.count_nonzero(distances < along, axis=2)
     support[lengths < 1e-9] = -1  # collinear triples
     best = np.argmax(support, axis=1)
-    chosen = np.arange(len(point_sets))
+    chosen = np.arange(len(points))
     return np.column_stack([normals[chosen, best], offsets[chosen, best]])
 
 
+def _fit_planes(points, members) -> np.ndarray:
+    """(C, K, 4): least-squares planes (n, d), n toward the camera, of points (C, 3, P) on the members (C, K, P)
+    of each; from the sums of the points and of their products, taken about each carton's first point (a few
+    decimetres away at most, so float64 sums lose nothing to cancellation), as one batched product."""
+    origin = points[:, :, 0].astype(np.float64)
+    x = np.swapaxes(points - origin[..., None], 0, 1)  # (3, C, P): offsets along each axis
+    products = np.stack([*x, *(x[i] * x[j] for i, j in _PAIRS)], axis=2)  # (C, P, 9)
+    count = np.maximum(np.count_nonzero(members, axis=2), 1)[..., None]
+    sums = members.astype(np.float64) @ products / count  # (C, K, 9): means of the offsets and their products
+    mean = sums[..., :3]
+    scatter = count[..., None] * (sums[..., _SYMMETRIC + 3] - mean[..., :, None] * mean[..., None, :])
+    mean += origin[:, None]
+    normal = _least_spread(scatter, mean)
+    return np.concatenate([normal, -np.sum(normal * mean, axis=-1, keepdims=True)], axis=-1)
+
+
+_PAIRS = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]  # the products a symmetric 3x3 matrix needs...
+_SYMMETRIC = np.array([[0, 1, 2], [1, 3, 4], [2, 4, 5]])  # ...and where each of its entries is among them
+
+
 def _fit_plane(points) -> np.ndarray:
-    """Least-squares plane (n, d) with n toward the camera at the origin."""
+    """Least-squares plane (n, d) with n toward the camera at the origin of (N, 3) points."""
     return _Face(*_scatter(points)).plane()
 
 
 def _depth_residuals(points, planes) -> np.ndarray:
-    """(N, K) depth differences between each point and where its pixel's ray meets each plane.
+    """(..., K, N) depth differences between each point (..., 3, N) and where its pixel's ray meets each plane
+    (..., K, 4).
 
     Depth noise runs along the rays, so this, not the distance to the plane, is what the tolerance bounds.
     It also keeps planes seen edge-on, which pass near points at any depth along their rays, from
     explaining anything.
     """
-    rays = points / points[:, 2:]
-    return np.abs((points @ planes[:, :3].T + planes[:, 3]) / (rays @ planes[:, :3].T))  # parallel rays: inf
-
-
-def _nearest_plane(points, planes, tolerance) -> np.ndarray:
-    residuals = _depth_residuals(points, planes)
-    if len(planes) == 1:
-        return np.where(residuals[:, 0] < tolerance, 0, -1)
-    nearest = np.argmin(residuals, axis=1)
-    return np.where(residuals[np.arange(len(points)), nearest] < tolerance, nearest, -1)
+    along = planes[..., :3] @ points
+    return np.abs((along + planes[..., 3:]) / (along / points[..., 2:, :]))  # parallel rays: inf
 
 
 def _top_face(planes, points, owner, up, params) -> int | None:
@@ -404,7 +445,7 @@ def _top_face(planes, points, owner, up, params) -> int | None:
     else:
         # Cosine between a face's normal and the direction from the face to the camera: d / |centre| for a
         # plane n . p + d = 0 through the centre of its points.
-        distances = np.array([np.linalg.norm(points[owner == k].mean(axis=0)) for k in range(len(planes))])
+        distances = np.array([np.linalg.norm(points[:, owner == k].mean(axis=1)) for k in range(len(planes))])
         score = planes[:, 3] / distances
     parallel = normals @ normals[int(np.argmax(score))] >= math.cos(math.radians(params.parallel_deg))
     counts = np.bincount(owner[owner >= 0], minlength=len(planes))
@@ -429,33 +470,35 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     for k, other in enumerate(planes):
         offset = measured - _plane_depth(other, rays)  # beyond the plane: positive
         residual = np.abs(offset)
-        owner[residual < nearest] = k
+        np.copyto(owner, k, where=residual < nearest)
         np.minimum(nearest, residual, out=nearest)
         if k == top:
             beyond_top = offset > tolerance / 2
     # Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a side's first
     # pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the top plane:
     # there, the far half of the tolerance is no longer top.
-    top_or_unmeasured = mask & ((owner == top) | ~has_depth)
-    ring = mask & ~_erode(top_or_unmeasured.view(np.uint8), params.edge_ring_px).view(bool)
-    owner[ring & beyond_top & (owner == top)] = -1
-    # Flat indices into the window from here on: a fifth of the cost of (row, column) pairs.
+    on_top = owner == top
+    ring = mask & ~_erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
+    strip = on_top & ring & beyond_top
+    np.copyto(owner, -1, where=strip)
+    on_top &= ~strip
+    # Flat indices into the window for the fits: a fifth of the cost of (row, column) pairs.
     ray_x, ray_y = (np.broadcast_to(axis, depth.shape).ravel() for axis in rays)
     depth_flat = depth.ravel()
-
-    on_top = np.flatnonzero(owner == top)
+    on_top = np.flatnonzero(on_top)
     every = -(-len(on_top) // params.max_refit_points)  # top and sides alike, so their weights keep their ratio
 
-    def pixel_points(pixels):
-        z = depth_flat[pixels[::every]]
-        return np.column_stack([ray_x[pixels[::every]] * z, ray_y[pixels[::every]] * z, z])
+    def face_fit(pixels, normal=None):
+        pixels = pixels[::every]
+        z = depth_flat[pixels]
+        return _Face(*_scatter(np.column_stack([ray_x[pixels] * z, ray_y[pixels] * z, z])), normal=normal)
 
-    top_fit = _Face(*_scatter(pixel_points(on_top))) if len(on_top) >= 3 else None
+    top_fit = face_fit(on_top) if len(on_top) >= 3 else None
     plane = planes[top] if top_fit is None else top_fit.plane()
     square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
     sides = planes[square]
     if top_fit is not None:
-        side_fits = [_Face(*_scatter(pixel_points(np.flatnonzero(owner == k))), normal=planes[k, :3]) for k in square]
+        side_fits = [face_fit(np.flatnonzero(owner == k), normal=planes[k, :3]) for k in square]
         seen = [k for k, side in enumerate(side_fits) if side.count * every >= 30]  # a few pixels fix no plane
         if seen:
             plane, sides[seen] = _square_to_sides(top_fit, [side_fits[k] for k in seen])
@@ -465,28 +508,25 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         face = np.where(gap <= params.fill_px, face[has_depth][nearest - 1], 0)
-    top_face = np.flatnonzero(mask & (face == top + 2))
-    if len(sides):
-        points = _ray_points(ray_x[top_face], ray_y[top_face], plane)
-        inside = np.all(points @ sides[:, :3].T + sides[:, 3] <= 0, axis=1)  # behind every side's outer surface
-        top_face = top_face[inside]
-    if not len(top_face):
-        return np.zeros((0, 3)), plane
-    region = np.zeros(mask.shape, np.uint8)
-    region.ravel()[top_face] = 1
+    region = mask & (face == top + 2)
+    for side in sides:
+        # Behind the side's outer surface where the pixel's ray r meets the top plane (n, d), at z r with
+        # z = -d / (n . r) > 0: s . z r + s_d <= 0, that is (d s - s_d n) . r <= 0, a half-plane of the image.
+        line = plane[3] * side[:3] - side[3] * plane[:3]
+        region &= line[0] * rays[0] + line[1] * rays[1] + line[2] <= 0
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
-    region = cv2.morphologyEx(region, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    top_face = np.flatnonzero(region)
-    if not len(top_face):  # nothing but spurs
+    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    if not areas.sum():  # nothing, or nothing but spurs
         return np.zeros((0, 3)), plane
-    _, labels = cv2.connectedComponents(region, connectivity=8)
-    labels = labels.ravel()[top_face]
-    piece = np.bincount(labels) >= params.min_fragment * len(top_face)
-    piece[0] = False  # the background
     # The rectangle around the pieces is the one around their outlines: a tenth of the points or fewer.
-    outline = (region > _erode(region, 1)).ravel()
-    keep = top_face[piece[labels] & outline[top_face]]
+    outline = region > _erode(region, 1)
+    specks = np.flatnonzero(areas < params.min_fragment * areas.sum()) + 1
+    if len(specks):
+        outline &= ~np.isin(labels, specks)
+    keep = np.flatnonzero(outline)
     return _ray_points(ray_x[keep], ray_y[keep], plane), plane
 
 
@@ -506,17 +546,18 @@ class _Face(NamedTuple):
 
 def _scatter(points) -> tuple[int, np.ndarray, np.ndarray]:
     # Not cv2.calcCovarMatrix: twice as fast, but its worker threads can spin on after each call, CPU time taken
-    # from the rest of the node (measured once: 40% more CPU than wall time for the poses).
-    mean = points.mean(axis=0, dtype=np.float64)
+    # from the rest of the node (measured once: 40% more CPU than wall time for the poses). The sum as a product
+    # with ones: numpy's reductions along the short axis of an (N, 3) array cost ten times more.
+    mean = np.ones(len(points)) @ points / len(points)
     offsets = points - mean.astype(points.dtype)
     return len(points), mean, (offsets.T @ offsets).astype(np.float64)
 
 
 def _least_spread(scatter, mean) -> np.ndarray:
-    """The direction of least spread (OpenCV's symmetric eigensolver, a fifth of numpy's time on a 3x3), toward
-    the camera at the origin from mean."""
-    normal = cv2.eigen(scatter)[2][2]
-    return -normal if normal @ mean > 0 else normal
+    """The direction of least spread of each (..., 3, 3) scatter matrix, toward the camera at the origin from
+    mean (..., 3)."""
+    normal = np.linalg.eigh(scatter)[1][..., 0]  # eigenvalues ascending
+    return np.where(np.sum(normal * mean, axis=-1, keepdims=True) > 0, -normal, normal)
 
 
 def _square_to_sides(top, sides) -> tuple[np.ndarray, np.ndarray]:
@@ -532,25 +573,23 @@ def _square_to_sides(top, sides) -> tuple[np.ndarray, np.ndarray]:
     scatters = np.array([face.scatter for face in faces])
     normals = np.array([normal, *(side.normal for side in sides)])
     weights = np.array([face.count for face in faces]) / np.maximum(
-        np.einsum("fi,fij,fj->f", normals, scatters, normals), 1e-12)
+        (normals[:, None] @ scatters @ normals[..., None])[:, 0, 0], 1e-12)
     along = normals @ box  # (F, 3): each face's normal in the box's axes
     axes = np.argmax(np.abs(along), axis=1)
     normals = (box[:, axes] * np.sign(along[np.arange(len(faces)), axes])).T
     # A turn by the small rotation vector w moves a normal n by w x n = -[n]x w: the weighted squared distances
     # are quadratic in w, with Hessian sum [n]x^T C [n]x and gradient sum [n]x^T C n.
-    crosses = np.einsum("ijk,fj->fik", _LEVI_CIVITA, normals)  # [n]x of each face
-    hessian = np.einsum("f,fji,fjk,fkl->il", weights, crosses, scatters, crosses)
-    gradient = np.einsum("f,fji,fjk,fk->i", weights, crosses, scatters, normals)
-    turn = cv2.Rodrigues(cv2.solve(hessian, gradient[:, None], flags=cv2.DECOMP_SVD)[1])[0]
+    crosses = np.zeros((len(faces), 3, 3))  # [n]x of each face
+    crosses[:, [2, 0, 1], [1, 2, 0]] = normals
+    crosses[:, [1, 2, 0], [2, 0, 1]] = -normals
+    weighted = weights[:, None, None] * np.swapaxes(crosses, 1, 2) @ scatters
+    hessian = np.sum(weighted @ crosses, axis=0)
+    gradient = np.sum(weighted @ normals[..., None], axis=0)
+    turn = cv2.Rodrigues(cv2.solve(hessian, gradient, flags=cv2.DECOMP_SVD)[1])[0]
     normals = normals @ turn.T
     means = np.array([face.mean for face in faces])
     planes = np.column_stack([normals, -np.sum(normals * means, axis=1)])
     return planes[0], planes[1:]
-
-
-_LEVI_CIVITA = np.zeros((3, 3, 3))
-_LEVI_CIVITA[[0, 1, 2], [1, 2, 0], [2, 0, 1]] = 1
-_LEVI_CIVITA[[0, 2, 1], [2, 1, 0], [1, 0, 2]] = -1
 
 
 def _erode(mask, radius) -> np.ndarray:
