@@ -226,6 +226,26 @@ def test_lens_distortion_is_undone_before_back_projection():
     assert abs(pinhole.length - 0.4) > 0.02 or abs(pinhole.width - 0.3) > 0.02
 
 
+def test_lens_distortion_tilted_top_fits_on_true_points():
+    """The fitting points too are back-projected through each pixel's own undistorted ray: a top tilted 20
+    degrees near a wide lens' corner has its true normal (with the rays of the window's first row, its points
+    fitted no plane near its own, and it had no top face)."""
+    width, height, k, d = 640, 480, (520.0, 520.0, 318.0, 243.0), (-0.3, 0.12, 0.0, 0.0, -0.02)
+    camera = Intrinsics(*k, "plumb_bob", d, width, height)
+    tilt = math.radians(20)
+    normal, centre = np.array([0.0, -math.sin(tilt), -math.cos(tilt)]), np.array([0.45, 0.3, 1.2])
+    v, u = np.mgrid[:height, :width]
+    x, y = camera.normalised(u, v)
+    z = (normal @ centre) / (normal[0] * x + normal[1] * y + normal[2])
+    from_centre = np.stack([x * z, y * z, z], axis=-1) - centre
+    on_top = (np.abs(from_centre[..., 0]) <= 0.2) & (np.abs(from_centre @ np.cross(normal, [1.0, 0.0, 0.0])) <= 0.15)
+    pose, = estimate_poses([instance_of(on_top)], np.where(on_top, z, 1.6).astype(np.float32), camera,
+                           up=(0, 0, -1))
+    assert pose.status == PoseStatus.OK
+    assert math.degrees(math.acos(min(1.0, pose.normal @ normal))) < 0.5
+    np.testing.assert_allclose(pose.position, centre, atol=0.005)
+    assert pose.length == pytest.approx(0.4, abs=0.006) and pose.width == pytest.approx(0.3, abs=0.006)
+
 def level_top(camera):
     """Depth of a 40 x 30 cm level top 1.2 m below a camera looking straight down at it, over a floor at 1.6 m,
     and the top's pixels."""
