@@ -314,7 +314,7 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
     tolerances = np.asarray(tolerances)[:, None, None]
     min_face = np.maximum(3, params.min_face_fraction * counts)
     unexplained = np.arange(points.shape[2]) < counts[:, None]
-    planes = np.zeros((len(points), params.max_faces, 4))
+    members = np.zeros((len(points), params.max_faces, points.shape[2]), bool)  # each face's points
     faces = np.zeros(len(points), int)  # faces found so far
     searching = np.ones(len(points), bool)
     for face in range(params.max_faces):
@@ -328,11 +328,12 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
         on_plane = unexplained[at] & (_depth_residuals(points[at], found[:, None])[:, 0] < tolerances[at, 0])
         held = np.count_nonzero(on_plane, axis=1) >= min_face[at]
         at, on_plane = at[held], on_plane[held]
-        planes[at, face] = _fit_planes(points[at], on_plane[:, None])[:, 0]
+        members[at, face] = on_plane
         unexplained[at] &= ~on_plane
         faces[at] += 1
         searching[:] = False
         searching[at] = True
+    planes = _fit_planes(points, members)
     planes, owner = _settle_faces(points, planes, np.arange(params.max_faces) < faces[:, None], tolerances, min_face)
     found = []
     for own_planes, own_owner, count in zip(planes, owner, counts, strict=True):
@@ -403,9 +404,10 @@ def _fit_planes(points, members) -> np.ndarray:
     decimetres away at most, so float64 sums lose nothing to cancellation), as one batched product."""
     origin = points[:, :, 0].astype(np.float64)
     x = np.swapaxes(points - origin[..., None], 0, 1)  # (3, C, P): offsets along each axis
-    products = np.stack([*x, *(x[i] * x[j] for i, j in _PAIRS)], axis=2)  # (C, P, 9)
+    products = np.stack([*x, *(x[i] * x[j] for i, j in _PAIRS)], axis=1)  # (C, 9, P)
     count = np.maximum(np.count_nonzero(members, axis=2), 1)[..., None]
-    sums = members.astype(np.float64) @ products / count  # (C, K, 9): means of the offsets and their products
+    sums = members.astype(np.float64) @ np.swapaxes(products, 1, 2) / count  # (C, K, 9): means of the offsets
+    # and of their products
     mean = sums[..., :3]
     scatter = count[..., None] * (sums[..., _SYMMETRIC + 3] - mean[..., :, None] * mean[..., None, :])
     mean += origin[:, None]
