@@ -543,7 +543,7 @@ class _Face(NamedTuple):
 
     def plane(self) -> np.ndarray:
         normal = self.normal if self.normal is not None else _least_spread(self.scatter, self.mean)
-        return np.append(normal, -normal @ self.mean)
+        return np.concatenate([normal, [-normal @ self.mean]])
 
 
 def _scatter(points) -> tuple[int, np.ndarray, np.ndarray]:
@@ -579,7 +579,7 @@ def _square_to_sides(top, sides) -> tuple[np.ndarray, np.ndarray]:
     the top's own plane (the faces RANSAC found are within degrees of square; a second step changes nothing)."""
     normal = top.plane()[:3]
     x_axis = _unit(sides[0].normal - (sides[0].normal @ normal) * normal)
-    box = np.column_stack([x_axis, _cross(normal, x_axis), normal])  # columns: the box's axes
+    box = np.array([x_axis, _cross(normal, x_axis), normal]).T  # columns: the box's axes
     faces = [top, *sides]
     scatters = np.array([face.scatter for face in faces])
     normals = np.array([normal, *(side.normal for side in sides)])
@@ -599,7 +599,7 @@ def _square_to_sides(top, sides) -> tuple[np.ndarray, np.ndarray]:
     turn = cv2.Rodrigues(cv2.solve(hessian, gradient, flags=cv2.DECOMP_SVD)[1])[0]
     normals = normals @ turn.T
     means = np.array([face.mean for face in faces])
-    planes = np.column_stack([normals, -np.sum(normals * means, axis=1)])
+    planes = np.concatenate([normals, -np.sum(normals * means, axis=1, keepdims=True)], axis=1)
     return planes[0], planes[1:]
 
 
@@ -621,7 +621,7 @@ def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
 def _ray_points(x, y, plane) -> np.ndarray:
     """(N, 3) where the rays (x, y, 1) meet the plane n . p + d = 0."""
     z = -plane[3] / (plane[0] * x + plane[1] * y + plane[2])
-    return np.column_stack([x * z, y * z, z])
+    return np.stack([x * z, y * z, z], axis=1)
 
 
 def _plane_depth(plane, rays) -> np.ndarray:
@@ -637,20 +637,20 @@ def _face_rectangle(points, plane, intrinsics):
     origin = np.ones(len(points)) @ points / len(points)  # as in _scatter
     e1 = _unit(np.array([1.0, 0.0, 0.0]) - normal[0] * normal)  # camera x laid onto the plane
     e2 = _cross(normal, e1)
-    in_plane = ((points - origin) @ np.column_stack([e1, e2])).astype(np.float32)
+    in_plane = ((points - origin) @ np.array([e1, e2]).T).astype(np.float32)
     (centre_s, centre_t), _, _ = rect = cv2.minAreaRect(in_plane)
     corners = cv2.boxPoints(rect)
     side_a, side_b = corners[1] - corners[0], corners[2] - corners[1]
-    long_side, short_side = (side_a, side_b) if np.hypot(*side_a) >= np.hypot(*side_b) else (side_b, side_a)
+    long_side, short_side = (side_a, side_b) if math.hypot(*side_a) >= math.hypot(*side_b) else (side_b, side_a)
     x_axis = _unit(long_side[0] * e1 + long_side[1] * e2)
     if x_axis[0] < 0:  # of the two directions along the long edge, the one toward image right
         x_axis = -x_axis
-    rotation = np.column_stack([x_axis, _cross(normal, x_axis), normal])
+    rotation = np.array([x_axis, _cross(normal, x_axis), normal]).T
     position = origin + centre_s * e1 + centre_t * e2
     # The outermost pixel centres stop short of the face's edges: by half a pixel on edges along the pixel
     # grid, by almost nothing on slanted ones. Half a pixel in all is at most half a pixel off either way.
-    length = float(np.hypot(*long_side)) + _metres_per_pixel(position, rotation[:, 0], intrinsics) / 2
-    width = float(np.hypot(*short_side)) + _metres_per_pixel(position, rotation[:, 1], intrinsics) / 2
+    length = math.hypot(*long_side) + _metres_per_pixel(position, rotation[:, 0], intrinsics) / 2
+    width = math.hypot(*short_side) + _metres_per_pixel(position, rotation[:, 1], intrinsics) / 2
     return position, rotation, length, width
 
 
