@@ -238,8 +238,9 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
     depth = depth_m[y:y + h, x:x + w]
     has_depth = depth > 0  # NaN compares false
     eroded = _erode(mask, params.erode_px).astype(bool)
+    on_mask = eroded & has_depth
     # Flat indices throughout: a fifth of the cost of (row, column) pairs on windows this small.
-    measured = np.flatnonzero(eroded & has_depth)
+    measured = np.flatnonzero(on_mask)
     if len(measured) < max(params.min_points, params.min_valid_fraction * np.count_nonzero(eroded)):
         return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(measured))
     every = -(-len(measured) // params.max_fit_points)  # evenly spread over the mask
@@ -250,15 +251,14 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
     thinned = np.stack([ray_x * z, ray_y * z, z])
     # Never tighter than the camera's depth step there: quantisation alone spreads a plane's points over it.
     step = params.depth_step_at_1m * _median(z) ** 2
-    noise = _depth_noise(depth, eroded & has_depth, params.noise_lag_px)
-    tolerance = float(np.clip(max(params.inlier_sigmas * noise, step), params.min_inlier_distance,
-                              params.max_inlier_distance))
+    noise = _depth_noise(depth, on_mask, params.noise_lag_px)
+    tolerance = min(max(params.inlier_sigmas * noise, step, params.min_inlier_distance), params.max_inlier_distance)
     return _Fit(len(measured), thinned, tolerance, step, rays)
 
 
 def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner):
     """The pose from the faces found on the carton's fitting points."""
-    quality = float(np.mean(owner >= 0)) if planes is not None else 0.0
+    quality = np.count_nonzero(owner >= 0) / len(owner) if planes is not None else 0.0
     if planes is None or quality < params.min_quality:
         return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
     top = _top_face(planes, fit.thinned, owner, up, params)
