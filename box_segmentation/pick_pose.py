@@ -614,7 +614,8 @@ def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
     column, or (without distortion) whole arrays."""
     ray_x, ray_y = rays
     if ray_x.shape[0] == 1:
-        return ray_x[0, pixels % width], ray_y[pixels // width, 0]
+        rows = pixels // width  # numpy divides by one number fast; % and 2-D fancy indices cost twice as much
+        return ray_x[0][pixels - rows * width], ray_y[:, 0][rows]
     return ray_x.ravel()[pixels], ray_y.ravel()[pixels]
 
 
