@@ -481,14 +481,15 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     # pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the top plane:
     # there, the far half of the tolerance is no longer top.
     on_top = owner == top
-    ring = mask & ~_erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
+    holes = mask & ~has_depth
+    ring = mask & ~_erode((on_top | holes).view(np.uint8), params.edge_ring_px).view(bool)
     strip = on_top & ring & beyond_top
     np.copyto(owner, -1, where=strip)
     on_top &= ~strip
     # Flat indices into the window for the fits: a fifth of the cost of (row, column) pairs.
     depth_flat = measured.ravel()  # the depth on the mask's pixels with depth
-    on_top = np.flatnonzero(on_top)
-    every = -(-len(on_top) // params.max_refit_points)  # top and sides alike, so their weights keep their ratio
+    top_pixels = np.flatnonzero(on_top)
+    every = -(-len(top_pixels) // params.max_refit_points)  # top and sides alike, so their weights keep their ratio
 
     def face_fit(pixels, normal=None):
         pixels = pixels[::every]
@@ -496,7 +497,7 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         ray_x, ray_y = _rays_at(rays, pixels, depth.shape[1])
         return _Face(*_moments(np.stack([ray_x * z, ray_y * z, z])), normal=normal)
 
-    top_fit = face_fit(on_top) if len(on_top) >= 3 else None
+    top_fit = face_fit(top_pixels) if len(top_pixels) >= 3 else None
     plane = planes[top] if top_fit is None else top_fit.plane()
     square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
     sides = planes[square]
@@ -505,13 +506,12 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
         seen = [k for k, side in enumerate(side_fits) if side.count * every >= 30]  # a few pixels fix no plane
         if seen:
             plane, sides[seen] = _square_to_sides(top_fit, [side_fits[k] for k in seen])
-    face = np.where(has_depth, owner + 2, 0)  # 0: no depth, 1: on no plane, k + 2: on plane k
-    if (mask & ~has_depth).any():
-        # Labels number the pixels with depth in row-major order: look up each one's nearest.
+    region = on_top
+    if holes.any():
+        # Labels number the pixels with depth in row-major order: look up whether each one's nearest is top.
         no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-        face = np.where(gap <= params.fill_px, face[has_depth][nearest - 1], 0)
-    region = mask & (face == top + 2)
+        region = mask & (gap <= params.fill_px) & (owner[has_depth] == top)[nearest - 1]
     for side in sides:
         # Behind the side's outer surface where the pixel's ray r meets the top plane (n, d), at z r with
         # z = -d / (n . r) > 0: s . z r + s_d <= 0, that is (d s - s_d n) . r <= 0, a half-plane of the image.
