@@ -14,7 +14,7 @@ centre at integer (u, v), as CameraInfo's K does, so pixel (u, v) with depth Z i
 are Instance roi + cropped mask (msg/BoxMask.msg). `up` is gravity-up expressed in the camera frame (the world
 z axis, from TF), or None when unknown.
 
-One carton (estimate_poses; step 2's RANSAC runs for all cartons of the frame at once):
+One carton (estimate_poses; step 2 runs for all cartons of the frame at once, in batched arrays):
 1. Points: the depth pixels of the mask eroded by erode_px (mask edges mix carton, neighbour and background
    depth), thinned to max_fit_points. Too few of them: POSE_SPARSE_DEPTH.
 2. Faces: an SCD-style mask shows a carton's top and up to two sides, so planes are found one after another
