@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import synthetic
 from rclpy.serialization import deserialize_message, serialize_message
-from synthetic.stereo_depth import stereo_depth
+from synthetic.stereo_depth import stereo_depth, stereo_frames
 
+from box_segmentation.depth_filter import TemporalDepthAverage
 from box_segmentation.masks import BoxCrop, describe
 from box_segmentation.messages import add_poses, to_box_masks
 from box_segmentation.msg import BoxMask, BoxMasks
@@ -154,23 +155,23 @@ def top_share_seen(scene, label):
     return seen / cv2.contourArea(uv.astype(np.float32))
 
 
-def stereo_results(distance, scenes=None):
+def stereo_results(distance, scenes=None, frames=1):
     """(half-seen tops, OK among them, errors of each well-seen carton at that distance (within 20 %) or None
     without an OK pose) over the scenes at `distance` (STEREO_SCENES's unless given) on quantised, correlated,
-    holed, flying, bulging and 1-4 px misregistered depth."""
+    holed, flying, bulging and 1-4 px misregistered depth: one frame, or the temporal average of `frames` frames
+    of the scene standing still (the first of them that one frame)."""
     half_seen, ok, found = 0, 0, []
     for kind, seed in STEREO_SCENES[distance] if scenes is None else scenes:
         scene = synthetic.render_scene(seed, 640, 480, kind)
         labels = scene.visible_labels()
         tops = [scene.cartons[label - 1].top_center[2] for label in labels if top_share_seen(scene, label) >= 0.5]
         assert abs(np.median(tops) / distance - 1) < 0.2, (kind, seed, np.median(tops))
-        depth_mm, _ = stereo_depth(scene.depth, scene.labels, scene.top_face, scene.image, scene.camera,
-                                   scene.cartons, np.random.default_rng(seed))
+        depth = averaged_stereo_depth(scene, seed, frames)
         instances = [instance_of(scene.labels == label) for label in labels]
         # As the node does: the registration check's offset (from this frame alone here) moved back.
         registration = RegistrationCheck()
-        registration.add(instances, depth_mm.astype(np.float32) / 1000)
-        depth = registration.corrected(depth_mm.astype(np.float32) / 1000)
+        registration.add(instances, depth)
+        depth = registration.corrected(depth)
         poses = estimate_poses(instances, depth, intrinsics(scene), up=up_in_camera(scene))
         for label, pose in zip(labels, poses, strict=True):
             if top_share_seen(scene, label) >= 0.5:
@@ -179,6 +180,16 @@ def stereo_results(distance, scenes=None):
             if top_face_well_seen(scene, label) and abs(scene.cartons[label - 1].top_center[2] / distance - 1) < 0.2:
                 found.append(errors(pose, scene.cartons[label - 1]) if pose.status == PoseStatus.OK else None)
     return half_seen, ok, found
+
+
+def averaged_stereo_depth(scene, seed, frames):
+    """Metres (NaN = none) of `frames` stereo frames of the scene through the node's temporal average."""
+    depth_mm, _ = stereo_frames(scene.depth, scene.labels, scene.top_face, scene.image, scene.camera, scene.cartons,
+                                np.random.default_rng(seed), frames)
+    average = TemporalDepthAverage(frames)
+    for frame in depth_mm:
+        depth = average.add(frame / np.float32(1000))
+    return depth
 
 
 def within(found, bounds):
