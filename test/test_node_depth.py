@@ -261,6 +261,42 @@ def test_camera_info_that_cannot_be_a_camera_is_counted_not_used(camera, scenes,
     assert any(box.pose_status == BoxMask.POSE_OK for box in result.boxes)
 
 
+def test_averaged_depth_gives_poses_once_enough_frames_came(camera, scenes, tiny_checkpoint):
+    """depth_average_frames 4: a pixel needs depth in 2 of the last 4 depth images, so the first frame after start
+    has none and its cartons no pose; from the second on, the average of the frames gives their poses. (A second
+    node, in its own namespace.)"""
+    averaging = NodeProcess(f"checkpoint:={tiny_checkpoint}", "use_depth:=true", "depth_average_frames:=4",
+                            ros_args=("-r", "__ns:=/averaging"))
+    try:
+        images, depth, info = (camera.publisher(f"/averaging/{name}", kind)
+                               for name, kind in (("image", Image), ("depth", Image), ("camera_info", CameraInfo)))
+        averaging.wait_for_output(READY)
+        deadline = time.monotonic() + 20
+        while min(publisher.get_subscription_count() for publisher in (images, depth, info)) == 0:
+            assert time.monotonic() < deadline, "the averaging node's subscriptions never matched"
+            time.sleep(0.1)
+        scene = scenes[3]
+
+        def frame(frame_id):
+            image = camera.image(scene.image, frame_id)
+            info.publish(camera_info(scene.camera, image.header))
+            depth.publish(depth_image(scene.depth, image.header))
+            time.sleep(0.05)  # a depth image and its colour one spaced, as in send()
+            return image
+
+        _, first = camera.request(lambda: frame("first"), publisher=images, topic="/averaging/box_masks")
+        assert first.boxes and all(box.pose_status == BoxMask.POSE_SPARSE_DEPTH for box in first.boxes)
+        _, second = camera.request(lambda: frame("second"), publisher=images, topic="/averaging/box_masks")
+        assert ok_boxes(second), "two frames of depth: poses"
+        for box in ok_boxes(second):
+            x, y, w, h = box.roi.x_offset, box.roi.y_offset, box.roi.width, box.roi.height
+            seen = scene.depth[y:y + h, x:x + w]
+            assert seen[seen > 0].min() / 1000 - 0.01 <= box.pose.position.z <= seen.max() / 1000 + 0.01
+    finally:
+        assert averaging.stop(signal.SIGINT) == 0, averaging.output
+    assert "Traceback" not in averaging.output, averaging.output
+
+
 def test_stops_cleanly(node, camera, scenes):
     send(camera, scenes[4], "last")
     assert node.stop(signal.SIGINT) == 0, node.output

@@ -142,6 +142,11 @@ STEREO_SCENES = {1.0: [("pallet", 2), ("loose", 6), ("pallet", 11), ("loose", 13
 # 90 %, the noise floor of one frame; the rest are tops widened by a side's first pixels past the crease, which
 # lie within a depth step of the top.
 ACCURATE_SHARE = {1.0: 0.95, 1.5: 0.95, 2.5: 0.85}
+# What a depalletising cell does about that floor: the pallet holds still between picks and the noise changes from
+# frame to frame, so the node averages depth frames (depth_average_frames). Over those 137 tops one frame gets 120
+# within BOUNDS_STEREO, the average of 4 frames 132, of 6 135, of 8 136 (--all-seeds): 4 frames, 0.13 s of a 30 Hz
+# camera, are the fewest that reach the issue's 95 % at every distance.
+AVERAGED_FRAMES = 4
 BOUNDS_STEREO = {"position": 0.015, "normal_deg": 3.0, "size": 0.015}
 
 
@@ -204,6 +209,17 @@ def test_poses_hold_on_a_stereo_cameras_depth(distance):
     assert ok >= 0.95 * half_seen, f"{ok} of {half_seen} half-seen tops OK"
     accurate = within(found, BOUNDS_STEREO)
     assert len(accurate) >= ACCURATE_SHARE[distance] * len(found), f"{len(accurate)} of {len(found)}: {found}"
+
+
+@pytest.mark.parametrize("distance", sorted(STEREO_SCENES))
+def test_poses_hold_on_a_stereo_cameras_depth_averaged_over_frames(distance):
+    """The same scenes and camera errors, the depth averaged over AVERAGED_FRAMES frames: the issue's 95 % at every
+    distance, 2.5 m included."""
+    half_seen, ok, found = stereo_results(distance, frames=AVERAGED_FRAMES)
+    assert half_seen >= 20 and len(found) >= 20
+    assert ok >= 0.95 * half_seen, f"{ok} of {half_seen} half-seen tops OK"
+    accurate = within(found, BOUNDS_STEREO)
+    assert len(accurate) >= 0.95 * len(found), f"{len(accurate)} of {len(found)}: {found}"
 
 
 def test_a_top_face_of_spurs_alone_is_a_poor_fit():
