@@ -501,16 +501,19 @@ if __name__ == "__main__":  # the figures in README's pick-pose section
         print(f"{name:15} {len(errors_found):9} all  " + "  ".join(
             f"{max(e[key] for e in errors_found) * scale:6.1f}" for key, scale in
             (("position", 1000), ("normal_deg", 1), ("size", 1000))))
-    print("stereo    scenes  half-seen tops OK   well-seen within 1.5 cm / 3 deg   worst pick point / normal / size")
+    print("stereo    frames  scenes  half-seen tops OK   well-seen within 1.5 cm / 3 deg   "
+          "worst pick point / normal / size")
     all_scenes = scenes_at(sorted(STEREO_SCENES), range(160)) if all_seeds else STEREO_SCENES
     for distance in sorted(STEREO_SCENES):
         scenes = all_scenes[distance]
-        half_seen, ok, found = stereo_results(distance, scenes)
-        posed = [e for e in found if e is not None]
-        print(f"{distance:.1f} m     {len(scenes):<7} {ok}/{half_seen:<18} {len(within(found, BOUNDS_STEREO))}/"
-              f"{len(found):<27} " + " / ".join(f"{max(e[key] for e in posed) * scale:.1f}" for key, scale in
-                                              (("position", 1000), ("normal_deg", 1), ("size", 1000))))
+        for frames in (1, AVERAGED_FRAMES):
+            half_seen, ok, found = stereo_results(distance, scenes, frames)
+            posed = [e for e in found if e is not None]
+            print(f"{distance:.1f} m     {frames:<7} {len(scenes):<7} {ok}/{half_seen:<18} "
+                  f"{len(within(found, BOUNDS_STEREO))}/{len(found):<27} " + " / ".join(
+                      f"{max(e[key] for e in posed) * scale:.1f}" for key, scale in
+                      (("position", 1000), ("normal_deg", 1), ("size", 1000))))
         if all_seeds:
             tops, top_off, joint_off = normal_floor(distance, scenes)
-            print(f"          true pixels of {tops} well-seen tops, normals over 3 deg: {top_off} from the top alone, "
-                  f"{joint_off} with the sides square to it")
+            print(f"          true pixels of {tops} well-seen tops of one frame, normals over 3 deg: {top_off} from "
+                  f"the top alone, {joint_off} with the sides square to it")

@@ -13,6 +13,8 @@ colour image, with the errors that break a pick-pose fit on real captures:
 - colour-depth misregistration: the depth image shifted by a few pixels against the colour image, as a
   slightly wrong depth-to-colour extrinsic calibration leaves it.
 The scene's 3D truth (cartons, labels) stays as rendered: the camera errs, the world does not.
+stereo_frames() films a still scene several times, for temporal averaging: which of these errors repeat in
+every frame and which are drawn anew is in its docstring.
 """
 
 import math
