@@ -6,13 +6,15 @@ misregistration, bulging tops, shadows, tape (synthetic.stereo_depth.stereo_fram
 
 As RealSense's temporal filter (librealsense rs2::temporal_filter, in its post-processing), per pixel:
 - a frame without depth there (0 or NaN) adds nothing: the pixel keeps the mean of the frames that measured it;
-- a pixel needs min_valid measurements in the window, otherwise it has no depth (NaN): a pixel that a single
-  frame in eight measured is a flicker on a dark surface or a flying pixel, not a surface;
 - a measurement further from the pixel's mean than reset_steps depth steps at that distance (the camera's
   step, depth_step_at_1m times z²: noise is a fraction of a step, a carton picked away is a hundred) means the
-  scene changed there: the pixel's history is dropped and it starts again from this frame (librealsense's
-  delta threshold). Until min_valid new frames have measured it, it has no depth rather than a blend of before
-  and after.
+  scene changed there: the pixel's history is dropped and it starts again from this frame's value
+  (librealsense's delta threshold), never a blend of before and after;
+- a pixel needs depth in at least half of the frames since its history began (the window, or fewer since a
+  restart), otherwise it has no depth (NaN): a pixel that one frame in eight measured is a flicker on a dark
+  surface, not a surface. Right after a restart the newest value counts alone, as in librealsense: a pixel
+  beside a depth edge, where flying pixels restart it often, keeps a single frame's depth rather than none
+  (blanking those would move every depth edge, and the registration check reads them).
 librealsense's filter is an exponential average inside the camera's SDK, for its own cameras; this one is a
 plain window (a known, short memory) over the aligned depth images any camera driver publishes on ROS.
 Running sums: the cost per frame is a few passes over the image whatever the window.
@@ -25,14 +27,10 @@ class TemporalDepthAverage:
     """Feed depth frames (metres, float; 0 or NaN = no depth) of one camera in order with add(); each call returns
     the averaged depth (float32 metres, NaN = none) of the last `frames` frames."""
 
-    def __init__(self, frames: int, min_valid: int | None = None, depth_step_at_1m: float = 0.0025,
-                 reset_steps: float = 4.0):
+    def __init__(self, frames: int, depth_step_at_1m: float = 0.0025, reset_steps: float = 4.0):
         if frames < 1:
             raise ValueError(f"frames to average must be at least 1, not {frames}")
         self.frames = frames
-        self.min_valid = (frames + 1) // 2 if min_valid is None else min_valid  # a majority of the window
-        if not 1 <= self.min_valid <= frames:
-            raise ValueError(f"min_valid must be within 1..{frames}, not {self.min_valid}")
         self.depth_step_at_1m, self.reset_steps = depth_step_at_1m, reset_steps
         self._shape = None
 
@@ -42,7 +40,8 @@ class TemporalDepthAverage:
         self._values = np.zeros((self.frames, *shape), np.float32)  # ring buffer, 0 where a frame had no depth
         self._valid = np.zeros((self.frames, *shape), bool)
         self._sum = np.zeros(shape, np.float64)  # float64: adding and taking away values leaves no drift
-        self._count = np.zeros(shape, np.int32)
+        self._count = np.zeros(shape, np.int32)  # frames in the window with depth
+        self._age = np.zeros(shape, np.int32)  # frames in the window since the pixel's history began
         self._next = 0  # the slot the next frame takes: the oldest
 
     def add(self, depth: np.ndarray) -> np.ndarray:
@@ -55,6 +54,7 @@ class TemporalDepthAverage:
         self._next = (slot + 1) % self.frames
         self._sum -= self._values[slot]  # the oldest frame leaves the window
         self._count -= self._valid[slot]
+        self._age += self._age < self.frames
 
         with np.errstate(invalid="ignore"):  # NaN compares false: no depth
             measured = depth > 0
@@ -67,12 +67,13 @@ class TemporalDepthAverage:
         self._valid.reshape(self.frames, -1)[:, restart] = False
         self._sum.reshape(-1)[restart] = 0
         self._count.reshape(-1)[restart] = 0
+        self._age.reshape(-1)[restart] = 1
 
         self._values[slot], self._valid[slot] = value, measured
         self._sum += value
         self._count += measured
         averaged = self._mean()
-        averaged[self._count < self.min_valid] = np.nan
+        averaged[2 * self._count < self._age] = np.nan
         return averaged
 
     def _mean(self) -> np.ndarray:

@@ -34,9 +34,8 @@ def eroded(mask):
     return cv2.erode(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
 
 
-def test_holes_add_nothing_and_a_pixel_needs_a_majority_of_the_window():
-    average = TemporalDepthAverage(4)  # min_valid 2
-    assert average.min_valid == 2
+def test_holes_add_nothing_and_a_pixel_needs_depth_in_half_of_its_frames():
+    average = TemporalDepthAverage(4)
     frames = np.array([[1.000, np.nan, 2.0, np.nan],
                        [np.nan, np.nan, 0.0, 1.5],
                        [1.002, np.nan, 0.0, np.nan],
@@ -44,8 +43,8 @@ def test_holes_add_nothing_and_a_pixel_needs_a_majority_of_the_window():
     for frame in frames:
         averaged = average.add(frame[None, :])[0]
     assert averaged[0] == pytest.approx(1.002), "the mean of the frames with depth, holes left out"
-    assert np.isnan(averaged[1]) and np.isnan(averaged[2]) and np.isnan(averaged[3]), "measured once of four"
-    # One frame later the 1.000 has left the window.
+    assert np.isnan(averaged[1:]).all(), "measured once in four frames: a flicker, not a surface"
+    # One frame later the 1.000 has left the window, and the second pixel has depth in two of four.
     assert average.add(np.array([[1.006, 3.0, 0.0, np.nan]], np.float32))[0, :2] == pytest.approx([1.004, 3.0])
 
 
@@ -55,9 +54,9 @@ def test_a_jump_beyond_the_depth_steps_tolerance_restarts_the_pixel():
     for _ in range(4):
         average.add(np.array([[1.0, 2.5]], np.float32))
     jumped = average.add(np.array([[1.02, 2.52]], np.float32))[0]
-    assert np.isnan(jumped[0]), "reset: one sample of the new surface is not enough"
+    assert jumped[0] == pytest.approx(1.02), "restarted from the new value, nothing of before"
     assert jumped[1] == pytest.approx((3 * 2.5 + 2.52) / 4)
-    assert average.add(np.array([[1.02, 2.52]], np.float32))[0, 0] == pytest.approx(1.02), "no blend of before"
+    assert average.add(np.array([[1.024, 2.5]], np.float32))[0, 0] == pytest.approx(1.022), "the new surface's mean"
     with pytest.raises(ValueError, match="at least 1"):
         TemporalDepthAverage(0)
 
@@ -82,7 +81,8 @@ def test_averaging_a_still_scene_removes_the_noise_that_changes_between_frames(s
 
 def test_a_carton_picked_away_shows_the_one_beneath_not_a_blend(scene):
     """Frames of the pallet, then frames with one carton gone: where it was, the carton below (its height
-    further) shows, first without depth while the new surface has too few frames, then at its depth."""
+    further) shows at once wherever the frame measured it, never anything in between; where the new frames have
+    no depth (tape) the old mean stays until its frames have left the window."""
     label = max(scene.visible_labels(), key=lambda k: np.count_nonzero(scene.top_face & (scene.labels == k)))
     picked = scene.top_face & (scene.labels == label)
     height_mm = scene.cartons[label - 1].size[2] * 1000
@@ -90,16 +90,19 @@ def test_a_carton_picked_away_shows_the_one_beneath_not_a_blend(scene):
     average = TemporalDepthAverage(FRAMES)
     for frame in frames_of(scene, scene.depth, FRAMES):
         before = average.add(frame)
-    after = frames_of(scene, below, FRAMES, seed=1)
     inside = eroded(picked)
     others = eroded(scene.top_face & ~picked)
-    first = average.add(after[0])
-    assert np.isnan(first[inside]).mean() > 0.95, "restarted: one frame of the new surface is not enough"
-    kept = np.isfinite(before[others])
-    assert np.isfinite(first[others][kept]).mean() > 0.99, "the rest of the pallet keeps its average..."
-    assert np.nanmedian(np.abs(first - before)[others]) < 0.001, "...give or take this frame's share"
-    for frame in after[1:average.min_valid]:
-        settled = average.add(frame)
-    error = (settled - below / 1000.0)[inside]
-    assert np.isfinite(error).mean() > 0.9 and np.nanmax(np.abs(error)) < 4 * StereoCamera().depth_step(1.6)
-    assert np.nanmedian(np.abs(error)) < 0.005, "the new surface, not the carton that was picked"
+    tolerance = 4 * StereoCamera().depth_step(1.6)  # the carton below is about 1.6 m away
+    for k, frame in enumerate(frames_of(scene, below, FRAMES, seed=1)):
+        averaged = average.add(frame)
+        measured = inside & np.isfinite(frame) & np.isfinite(before)  # (not the rare flicker on dark print)
+        error = (averaged - below / 1000.0)[measured]
+        assert np.isfinite(error).mean() > 0.9 and np.nanmax(np.abs(error)) < tolerance, f"frame {k}"
+        if k == 0:
+            np.testing.assert_array_equal(averaged[measured], frame[measured], "restarted: this frame's depth")
+            kept = np.isfinite(before[others])
+            assert np.isfinite(averaged[others][kept]).mean() > 0.99, "the rest of the pallet keeps its average..."
+            assert np.nanmedian(np.abs(averaged - before)[others]) < 0.001, "...give or take this frame's share"
+    error = (averaged - below / 1000.0)[inside]
+    assert np.nanmax(np.abs(error)) < tolerance, "the picked carton's frames have all left the window"
+    assert spread(error) < spread((frame - below / 1000.0)[inside]) / 2, "the new surface's average"

@@ -261,10 +261,11 @@ def test_camera_info_that_cannot_be_a_camera_is_counted_not_used(camera, scenes,
     assert any(box.pose_status == BoxMask.POSE_OK for box in result.boxes)
 
 
-def test_averaged_depth_gives_poses_once_enough_frames_came(camera, scenes, tiny_checkpoint):
-    """depth_average_frames 4: a pixel needs depth in 2 of the last 4 depth images, so the first frame after start
-    has none and its cartons no pose; from the second on, the average of the frames gives their poses. (A second
-    node, in its own namespace.)"""
+def test_averaged_depth_gives_the_poses_of_the_mean_depth(camera, scenes, tiny_checkpoint):
+    """depth_average_frames 4: a frame whose depth is 8 mm too far, then one 8 mm too near (a change within the
+    restart tolerance, 4 depth steps: 20 mm at 1.4 m): the second frame's poses lie at the two depth images' mean,
+    8 mm nearer than the first's, where its own depth image alone would put them 16 mm nearer. (A second node, in
+    its own namespace.)"""
     averaging = NodeProcess(f"checkpoint:={tiny_checkpoint}", "use_depth:=true", "depth_average_frames:=4",
                             ros_args=("-r", "__ns:=/averaging"))
     try:
@@ -277,22 +278,25 @@ def test_averaged_depth_gives_poses_once_enough_frames_came(camera, scenes, tiny
             time.sleep(0.1)
         scene = scenes[3]
 
-        def frame(frame_id):
+        def frame(frame_id, millimetres):
+            """The colour image, its depth image (millimetres further than the scene's) sent once: a retry sends the
+            same colour image again, not more depth."""
             image = camera.image(scene.image, frame_id)
             info.publish(camera_info(scene.camera, image.header))
-            depth.publish(depth_image(scene.depth, image.header))
+            further = np.where(scene.depth > 0, scene.depth.astype(np.int32) + millimetres, 0).astype(np.uint16)
+            depth.publish(depth_image(further, image.header))
             time.sleep(0.05)  # a depth image and its colour one spaced, as in send()
             return image
 
-        first_image = frame("first")  # one depth image only: a retry sends the same colour image again
-        _, first = camera.request(lambda: first_image, publisher=images, topic="/averaging/box_masks")
-        assert first.boxes and all(box.pose_status == BoxMask.POSE_SPARSE_DEPTH for box in first.boxes)
-        _, second = camera.request(lambda: frame("second"), publisher=images, topic="/averaging/box_masks")
-        assert ok_boxes(second), "two frames of depth: poses"
-        for box in ok_boxes(second):
-            x, y, w, h = box.roi.x_offset, box.roi.y_offset, box.roi.width, box.roi.height
-            seen = scene.depth[y:y + h, x:x + w]
-            assert seen[seen > 0].min() / 1000 - 0.01 <= box.pose.position.z <= seen.max() / 1000 + 0.01
+        results = []
+        for frame_id, millimetres in (("far", 8), ("near", -8)):
+            image = frame(frame_id, millimetres)
+            results.append(camera.request(lambda i=image: i, publisher=images, topic="/averaging/box_masks")[1])
+        far, near = ({box.id: box.pose.position.z for box in ok_boxes(result)} for result in results)
+        both = sorted(far.keys() & near.keys())
+        assert len(both) >= 3, "too few OK poses in both frames to say anything"
+        for box in both:
+            assert near[box] - far[box] == pytest.approx(-0.008, abs=0.002), box
     finally:
         assert averaging.stop(signal.SIGINT) == 0, averaging.output
     assert "Traceback" not in averaging.output, averaging.output

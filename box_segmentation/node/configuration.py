@@ -46,10 +46,10 @@ PARAMETERS = {
     "depth_sync_tolerance": (0.02, "Seconds: the largest stamp difference between a colour image and the depth "
                                    "image paired with it. A frame with no depth image that close gets no poses."),
     "depth_average_frames": (1, "With depth: each pixel's depth is the mean over this many of the camera's latest "
-                                "depth images (those without depth there left out; a majority of them must have "
-                                "it), reset where the depth jumps by more than 4 depth steps (a carton picked). "
-                                "For a pallet that holds still between picks: 4 (0.13 s at 30 Hz) keeps 2.5 m "
-                                "cartons within 3 degrees where one frame's noise does not. 1: no averaging."),
+                                "depth images (those without depth there left out; half of them must have it), "
+                                "restarted from the newest where the depth jumps by more than 4 depth steps (a "
+                                "carton picked). For a pallet that holds still between picks: 4 (0.13 s at 30 Hz) "
+                                "keeps 2.5 m cartons within 3 degrees where one frame's noise does not. 1: none."),
     "depth_divisor": (1000.0, "16UC1 and mono16 depth units per metre: 1000 = millimetres, the ROS convention. "
                               "32FC1 depth is in metres."),
     "up_in_camera": ([], "Gravity-up as a fixed [x, y, z] in the camera optical frame (x right, y down, z forward), "
