@@ -255,7 +255,7 @@ class SegmentNode(LifecycleNode):
 
     def _on_depth(self, camera: Camera, msg) -> None:
         camera.stats.count("depth received")
-        if camera.depth_average is not None:  # every depth image, paired or not: the camera's frames, not ours
+        if camera.depth_average is not None:  # every depth image, whether a colour frame pairs with it or not
             msg = averaged_depth(camera.depth_average, msg, self._params["depth_divisor"])
         camera.depth_cache.put(msg)
 
