@@ -345,6 +345,7 @@ def test_segment_service_fails_cleanly(started, probe):
     ({"depth_divisor": 0.0}, "depth_divisor must be positive"),
     ({"request_timeout": -1.0}, "request_timeout must be positive"),
     ({"depth_sync_tolerance": -0.1}, "depth_sync_tolerance must be at least 0"),
+    ({"depth_average_frames": 0}, "depth_average_frames must be at least 1"),
     ({"precision": "fp8"}, "precision must be one of ['fp32', 'bf16', 'fp16']"),
     ({"threads": 1.5}, "threads must be an integer"),
     ({"publish_markers": "yes"}, "publish_markers must be a boolean"),

@@ -261,6 +261,47 @@ def test_camera_info_that_cannot_be_a_camera_is_counted_not_used(camera, scenes,
     assert any(box.pose_status == BoxMask.POSE_OK for box in result.boxes)
 
 
+def test_averaged_depth_gives_the_poses_of_the_mean_depth(camera, scenes, tiny_checkpoint):
+    """depth_average_frames 4: a frame whose depth is 8 mm too far, then one 8 mm too near (a change within the
+    restart tolerance, 4 depth steps: 20 mm at 1.4 m): the second frame's poses lie at the two depth images' mean,
+    8 mm nearer than the first's, where its own depth image alone would put them 16 mm nearer. (A second node, in
+    its own namespace.)"""
+    averaging = NodeProcess(f"checkpoint:={tiny_checkpoint}", "use_depth:=true", "depth_average_frames:=4",
+                            ros_args=("-r", "__ns:=/averaging"))
+    try:
+        images, depth, info = (camera.publisher(f"/averaging/{name}", kind)
+                               for name, kind in (("image", Image), ("depth", Image), ("camera_info", CameraInfo)))
+        averaging.wait_for_output(READY)
+        deadline = time.monotonic() + 20
+        while min(publisher.get_subscription_count() for publisher in (images, depth, info)) == 0:
+            assert time.monotonic() < deadline, "the averaging node's subscriptions never matched"
+            time.sleep(0.1)
+        scene = scenes[3]
+
+        def frame(frame_id, millimetres):
+            """The colour image, its depth image (millimetres further than the scene's) sent once: a retry sends the
+            same colour image again, not more depth."""
+            image = camera.image(scene.image, frame_id)
+            info.publish(camera_info(scene.camera, image.header))
+            further = np.where(scene.depth > 0, scene.depth.astype(np.int32) + millimetres, 0).astype(np.uint16)
+            depth.publish(depth_image(further, image.header))
+            time.sleep(0.05)  # a depth image and its colour one spaced, as in send()
+            return image
+
+        results = []
+        for frame_id, millimetres in (("far", 8), ("near", -8)):
+            image = frame(frame_id, millimetres)
+            results.append(camera.request(lambda i=image: i, publisher=images, topic="/averaging/box_masks")[1])
+        far, near = ({box.id: box.pose.position.z for box in ok_boxes(result)} for result in results)
+        both = sorted(far.keys() & near.keys())
+        assert len(both) >= 3, "too few OK poses in both frames to say anything"
+        for box in both:
+            assert near[box] - far[box] == pytest.approx(-0.008, abs=0.002), box
+    finally:
+        assert averaging.stop(signal.SIGINT) == 0, averaging.output
+    assert "Traceback" not in averaging.output, averaging.output
+
+
 def test_stops_cleanly(node, camera, scenes):
     send(camera, scenes[4], "last")
     assert node.stop(signal.SIGINT) == 0, node.output

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import synthetic
 from rclpy.serialization import deserialize_message, serialize_message
-from synthetic.stereo_depth import stereo_depth
+from synthetic.stereo_depth import stereo_depth, stereo_frames
 
+from box_segmentation.depth_filter import TemporalDepthAverage
 from box_segmentation.masks import BoxCrop, describe
 from box_segmentation.messages import add_poses, to_box_masks
 from box_segmentation.msg import BoxMask, BoxMasks
@@ -141,6 +142,11 @@ STEREO_SCENES = {1.0: [("pallet", 2), ("loose", 6), ("pallet", 11), ("loose", 13
 # 90 %, the noise floor of one frame; the rest are tops widened by a side's first pixels past the crease, which
 # lie within a depth step of the top.
 ACCURATE_SHARE = {1.0: 0.95, 1.5: 0.95, 2.5: 0.85}
+# What a depalletising cell does about that floor: the pallet holds still between picks and the noise changes from
+# frame to frame, so the node averages depth frames (depth_average_frames). Over those 137 tops one frame gets 120
+# within BOUNDS_STEREO, the average of 2 frames 129, of 3 and of 4 134, of 6 136, of 8 135: the issue's 95 % from
+# 3 frames on. The tests take 4 (0.13 s of a 30 Hz camera), one frame of margin.
+AVERAGED_FRAMES = 4
 BOUNDS_STEREO = {"position": 0.015, "normal_deg": 3.0, "size": 0.015}
 
 
@@ -154,23 +160,23 @@ def top_share_seen(scene, label):
     return seen / cv2.contourArea(uv.astype(np.float32))
 
 
-def stereo_results(distance, scenes=None):
+def stereo_results(distance, scenes=None, frames=1):
     """(half-seen tops, OK among them, errors of each well-seen carton at that distance (within 20 %) or None
     without an OK pose) over the scenes at `distance` (STEREO_SCENES's unless given) on quantised, correlated,
-    holed, flying, bulging and 1-4 px misregistered depth."""
+    holed, flying, bulging and 1-4 px misregistered depth: one frame, or the temporal average of `frames` frames
+    of the scene standing still (the first of them that one frame)."""
     half_seen, ok, found = 0, 0, []
     for kind, seed in STEREO_SCENES[distance] if scenes is None else scenes:
         scene = synthetic.render_scene(seed, 640, 480, kind)
         labels = scene.visible_labels()
         tops = [scene.cartons[label - 1].top_center[2] for label in labels if top_share_seen(scene, label) >= 0.5]
         assert abs(np.median(tops) / distance - 1) < 0.2, (kind, seed, np.median(tops))
-        depth_mm, _ = stereo_depth(scene.depth, scene.labels, scene.top_face, scene.image, scene.camera,
-                                   scene.cartons, np.random.default_rng(seed))
+        depth = averaged_stereo_depth(scene, seed, frames)
         instances = [instance_of(scene.labels == label) for label in labels]
         # As the node does: the registration check's offset (from this frame alone here) moved back.
         registration = RegistrationCheck()
-        registration.add(instances, depth_mm.astype(np.float32) / 1000)
-        depth = registration.corrected(depth_mm.astype(np.float32) / 1000)
+        registration.add(instances, depth)
+        depth = registration.corrected(depth)
         poses = estimate_poses(instances, depth, intrinsics(scene), up=up_in_camera(scene))
         for label, pose in zip(labels, poses, strict=True):
             if top_share_seen(scene, label) >= 0.5:
@@ -179,6 +185,16 @@ def stereo_results(distance, scenes=None):
             if top_face_well_seen(scene, label) and abs(scene.cartons[label - 1].top_center[2] / distance - 1) < 0.2:
                 found.append(errors(pose, scene.cartons[label - 1]) if pose.status == PoseStatus.OK else None)
     return half_seen, ok, found
+
+
+def averaged_stereo_depth(scene, seed, frames):
+    """Metres (NaN = none) of `frames` stereo frames of the scene through the node's temporal average."""
+    depth_mm, _ = stereo_frames(scene.depth, scene.labels, scene.top_face, scene.image, scene.camera, scene.cartons,
+                                np.random.default_rng(seed), frames)
+    average = TemporalDepthAverage(frames)
+    for frame in depth_mm:
+        depth = average.add(frame / np.float32(1000))
+    return depth
 
 
 def within(found, bounds):
@@ -193,6 +209,17 @@ def test_poses_hold_on_a_stereo_cameras_depth(distance):
     assert ok >= 0.95 * half_seen, f"{ok} of {half_seen} half-seen tops OK"
     accurate = within(found, BOUNDS_STEREO)
     assert len(accurate) >= ACCURATE_SHARE[distance] * len(found), f"{len(accurate)} of {len(found)}: {found}"
+
+
+@pytest.mark.parametrize("distance", sorted(STEREO_SCENES))
+def test_poses_hold_on_a_stereo_cameras_depth_averaged_over_frames(distance):
+    """The same scenes and camera errors, the depth averaged over AVERAGED_FRAMES frames: the issue's 95 % at every
+    distance, 2.5 m included."""
+    half_seen, ok, found = stereo_results(distance, frames=AVERAGED_FRAMES)
+    assert half_seen >= 20 and len(found) >= 20
+    assert ok >= 0.95 * half_seen, f"{ok} of {half_seen} half-seen tops OK"
+    accurate = within(found, BOUNDS_STEREO)
+    assert len(accurate) >= 0.95 * len(found), f"{len(accurate)} of {len(found)}: {found}"
 
 
 def test_a_top_face_of_spurs_alone_is_a_poor_fit():
@@ -486,24 +513,34 @@ def normal_floor(distance, scenes):
 
 
 if __name__ == "__main__":  # the figures in README's pick-pose section
-    import sys
-    all_seeds = "--all-seeds" in sys.argv[1:]  # every scene of seeds 0-159 at each distance, not only the tests'
+    import argparse
+    parser = argparse.ArgumentParser(description="The pick-pose accuracy figures in README.")
+    parser.add_argument("--all-seeds", action="store_true",
+                        help="every scene of seeds 0-159 at each distance, not only the tests', and the noise floor")
+    parser.add_argument("--frames", type=int, nargs="+", default=[1, AVERAGED_FRAMES],
+                        help="stereo depth averaged over this many frames (1: one frame), a row each")
+    parser.add_argument("--distances", type=float, nargs="+", default=sorted(STEREO_SCENES))
+    args = parser.parse_args()
+    all_seeds = args.all_seeds
     print("depth           well-seen  OK  pick point  normal   size   (worst, mm / degrees / mm)")
     for name, noise_seed in (("clean", None), ("sensor-like", 100)):
         errors_found = [entry[3] for entry in pose_errors(noise_seed)]
         print(f"{name:15} {len(errors_found):9} all  " + "  ".join(
             f"{max(e[key] for e in errors_found) * scale:6.1f}" for key, scale in
             (("position", 1000), ("normal_deg", 1), ("size", 1000))))
-    print("stereo    scenes  half-seen tops OK   well-seen within 1.5 cm / 3 deg   worst pick point / normal / size")
-    all_scenes = scenes_at(sorted(STEREO_SCENES), range(160)) if all_seeds else STEREO_SCENES
-    for distance in sorted(STEREO_SCENES):
+    print("stereo    frames  scenes  half-seen tops OK   well-seen within 1.5 cm / 3 deg   "
+          "worst pick point / normal / size")
+    all_scenes = scenes_at(args.distances, range(160)) if all_seeds else STEREO_SCENES
+    for distance in args.distances:
         scenes = all_scenes[distance]
-        half_seen, ok, found = stereo_results(distance, scenes)
-        posed = [e for e in found if e is not None]
-        print(f"{distance:.1f} m     {len(scenes):<7} {ok}/{half_seen:<18} {len(within(found, BOUNDS_STEREO))}/"
-              f"{len(found):<27} " + " / ".join(f"{max(e[key] for e in posed) * scale:.1f}" for key, scale in
-                                              (("position", 1000), ("normal_deg", 1), ("size", 1000))))
+        for frames in args.frames:
+            half_seen, ok, found = stereo_results(distance, scenes, frames)
+            posed = [e for e in found if e is not None]
+            print(f"{distance:.1f} m     {frames:<7} {len(scenes):<7} {ok}/{half_seen:<18} "
+                  f"{len(within(found, BOUNDS_STEREO))}/{len(found):<27} " + " / ".join(
+                      f"{max(e[key] for e in posed) * scale:.1f}" for key, scale in
+                      (("position", 1000), ("normal_deg", 1), ("size", 1000))))
         if all_seeds:
             tops, top_off, joint_off = normal_floor(distance, scenes)
-            print(f"          true pixels of {tops} well-seen tops, normals over 3 deg: {top_off} from the top alone, "
-                  f"{joint_off} with the sides square to it")
+            print(f"          true pixels of {tops} well-seen tops of one frame, normals over 3 deg: {top_off} from "
+                  f"the top alone, {joint_off} with the sides square to it")

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import synthetic
-from synthetic.stereo_depth import StereoCamera, stereo_depth
+from synthetic.stereo_depth import StereoCamera, stereo_depth, stereo_frames
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +68,29 @@ def test_misregistration_shifts_the_depth_image(scene):
     np.testing.assert_array_equal(shifted[:-2 or None, 3:][:, :], straight[2:, :-3])
     _, random_shift = measured(scene, shift=None, seed=5)
     assert 1 <= math.hypot(*random_shift) <= 4.5
+
+
+def test_frames_of_a_still_scene_share_the_scene_and_calibration_not_the_noise(scene):
+    """stereo_frames: its first frame is stereo_depth's; the imagers' noise is drawn anew per frame (each frame's
+    errors correlated among neighbours, not with the other frames'), the geometry's errors are the same in all."""
+    arguments = (scene.depth, scene.labels, scene.top_face, scene.image, scene.camera, scene.cartons)
+    single, shift = stereo_depth(*arguments, np.random.default_rng(3))
+    frames, same_shift = stereo_frames(*arguments, np.random.default_rng(3), 4)
+    assert same_shift == shift and len(frames) == 4
+    np.testing.assert_array_equal(frames[0], single)
+
+    flat = StereoCamera(bulge_mm=(0.0, 0.0))  # errors of the noise alone
+    frames, _ = stereo_frames(*arguments, np.random.default_rng(3), 4, flat, shift=(0, 0))
+    clean = scene.depth.astype(np.float64)
+    tops = inner_tops(scene) & np.logical_and.reduce([frame > 0 for frame in frames]) & (clean > 0)
+    errors = [frame[tops] - clean[tops] for frame in frames]
+    between = np.corrcoef(errors)[np.triu_indices(4, 1)]
+    assert np.abs(between).max() < 0.2, f"frames' errors correlate: {between}"
+    for frame in frames:
+        error = np.where(tops, frame - clean, np.nan)
+        both = tops[:, :-1] & tops[:, 1:]
+        assert np.corrcoef(error[:, :-1][both], error[:, 1:][both])[0, 1] > 0.5, "each frame's own noise smooth"
+    holes = [frame == 0 for frame in frames]
+    always = np.logical_and.reduce(holes)
+    assert always.sum() > 0.8 * holes[0].sum(), "shadows and tape lose depth in every frame"
+    assert all((h != holes[0]).any() for h in holes[1:]), "dark surfaces and speckle flicker"

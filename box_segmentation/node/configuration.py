@@ -45,6 +45,11 @@ PARAMETERS = {
                                "RealSense and Orbbec aligned depth publish) or rectified (image_rect: P)."),
     "depth_sync_tolerance": (0.02, "Seconds: the largest stamp difference between a colour image and the depth "
                                    "image paired with it. A frame with no depth image that close gets no poses."),
+    "depth_average_frames": (1, "With depth: each pixel's depth is the mean over this many of the camera's latest "
+                                "depth images (those without depth there left out; half of them must have it), "
+                                "restarted from the newest where the depth jumps by more than 4 depth steps (a "
+                                "carton picked). For a pallet that holds still between picks: 4 (0.13 s at 30 Hz) "
+                                "keeps 2.5 m cartons within 3 degrees where one frame's noise does not. 1: none."),
     "depth_divisor": (1000.0, "16UC1 and mono16 depth units per metre: 1000 = millimetres, the ROS convention. "
                               "32FC1 depth is in metres."),
     "up_in_camera": ([], "Gravity-up as a fixed [x, y, z] in the camera optical frame (x right, y down, z forward), "
@@ -104,6 +109,9 @@ def validated(values: dict) -> dict:
     for name, value in positive.items():
         if not value > 0:
             raise ConfigurationError(f"parameter {name} must be positive, not {value}")
+    if params["depth_average_frames"] < 1:
+        raise ConfigurationError(f"parameter depth_average_frames must be at least 1, not "
+                                 f"{params['depth_average_frames']}")
     if not params["depth_sync_tolerance"] >= 0:
         raise ConfigurationError(f"parameter depth_sync_tolerance must be at least 0, not "
                                  f"{params['depth_sync_tolerance']}")

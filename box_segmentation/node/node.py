@@ -43,6 +43,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
+from box_segmentation.depth_filter import TemporalDepthAverage
 from box_segmentation.image_conversion import (
     ImageConversionError,
     compressed_to_rgb,
@@ -61,7 +62,7 @@ from box_segmentation.node.configuration import (
 )
 from box_segmentation.node.diagnostics import Statistics, camera_status
 from box_segmentation.node.frame_sync import DepthCache, Frame, LatestFrames, PendingRequests, Request
-from box_segmentation.node.poses import NoPoses, fill_poses
+from box_segmentation.node.poses import NoPoses, averaged_depth, fill_poses
 from box_segmentation.node.visualization import draw_overlay, pick_markers
 from box_segmentation.pick_pose import PoseStatus
 from box_segmentation.registration import RegistrationCheck
@@ -100,6 +101,8 @@ class Camera:
         if params["use_depth"]:
             self.depth_cache = DepthCache(DEPTH_CACHE_SIZE)
             self.registration = RegistrationCheck(every=REGISTRATION_EVERY)
+            frames = params["depth_average_frames"]
+            self.depth_average = TemporalDepthAverage(frames) if frames > 1 else None
             self.poses = node.create_lifecycle_publisher(PoseArray, topic(name, "box_masks/poses"), output_qos)
             if params["publish_markers"]:
                 self.markers = node.create_lifecycle_publisher(MarkerArray, topic(name, "box_masks/markers"),
@@ -252,6 +255,8 @@ class SegmentNode(LifecycleNode):
 
     def _on_depth(self, camera: Camera, msg) -> None:
         camera.stats.count("depth received")
+        if camera.depth_average is not None:  # every depth image, whether a colour frame pairs with it or not
+            msg = averaged_depth(camera.depth_average, msg, self._params["depth_divisor"])
         camera.depth_cache.put(msg)
 
     def _on_camera_info(self, camera: Camera, msg) -> None:

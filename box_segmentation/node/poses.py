@@ -1,6 +1,11 @@
 """Pick poses for one published frame from its paired depth image and CameraInfo, without rclpy."""
 
+from typing import NamedTuple
+
+import numpy as np
+
 from box_segmentation.camera_model import CameraInfoError, camera_model_from_info
+from box_segmentation.depth_filter import TemporalDepthAverage
 from box_segmentation.image_conversion import depth_image_to_array
 from box_segmentation.messages import add_poses
 from box_segmentation.msg import BoxMasks
@@ -16,10 +21,28 @@ class NoPoses(Exception):
         self.event = event
 
 
+class AveragedDepth(NamedTuple):
+    """A depth image's header with its camera's temporal average up to it (depth_average_frames)."""
+
+    header: object
+    metres: np.ndarray  # float32, NaN = no depth
+
+
+def averaged_depth(average: TemporalDepthAverage, msg, divisor: float):
+    """msg (a depth sensor_msgs/Image) averaged with its camera's previous ones, or msg itself when it cannot be
+    read: fill_poses then says why for the frame it pairs with, as without averaging."""
+    try:
+        metres = depth_to_metres(depth_image_to_array(msg), msg.encoding, (msg.height, msg.width), divisor)
+    except ValueError:
+        return msg
+    return AveragedDepth(msg.header, average.add(metres))
+
+
 def fill_poses(result: BoxMasks, instances, depth, info, params: dict,
                registration: RegistrationCheck) -> list[CartonPose]:
-    """Fills result's pose fields (in place) from depth (None: none paired) and the colour camera's CameraInfo
-    (None: none yet); the poses, one per box. Raises NoPoses when the frame cannot have any.
+    """Fills result's pose fields (in place) from depth (a depth Image or an AveragedDepth; None: none paired) and
+    the colour camera's CameraInfo (None: none yet); the poses, one per box. Raises NoPoses when the frame cannot
+    have any.
 
     params: the node's (depth_divisor, up_in_camera, depth_sync_tolerance, camera_geometry). registration
     watches colour-depth misregistration and moves the depth back by the offset it is sure of."""
@@ -37,7 +60,10 @@ def fill_poses(result: BoxMasks, instances, depth, info, params: dict,
     except CameraInfoError as error:
         raise NoPoses("no camera info", str(error)) from error
     try:
-        depth_m = depth_to_metres(depth_image_to_array(depth), depth.encoding, (height, width), divisor)
+        if isinstance(depth, AveragedDepth):
+            depth_m = depth_to_metres(depth.metres, "32FC1", (height, width))
+        else:
+            depth_m = depth_to_metres(depth_image_to_array(depth), depth.encoding, (height, width), divisor)
     except ValueError as error:
         raise NoPoses("bad depth", str(error)) from error
     registration.add(instances, depth_m)

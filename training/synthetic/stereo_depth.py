@@ -13,6 +13,8 @@ colour image, with the errors that break a pick-pose fit on real captures:
 - colour-depth misregistration: the depth image shifted by a few pixels against the colour image, as a
   slightly wrong depth-to-colour extrinsic calibration leaves it.
 The scene's 3D truth (cartons, labels) stays as rendered: the camera errs, the world does not.
+stereo_frames() films a still scene several times, for temporal averaging: which of these errors repeat in
+every frame and which are drawn anew is in its docstring.
 """
 
 import math
@@ -52,32 +54,64 @@ def stereo_depth(depth_mm, labels, top_face, image, camera, cartons, rng, stereo
     label's Carton3D (camera frame); rng: np.random.Generator. shift: (dx, dy) pixels the depth image lands
     off the colour one, or None for a random 1-4 px; (0, 0) for none.
     """
+    frames, shift = stereo_frames(depth_mm, labels, top_face, image, camera, cartons, rng, 1, stereo, shift)
+    return frames[0], shift
+
+
+def stereo_frames(depth_mm, labels, top_face, image, camera, cartons, rng, count, stereo=StereoCamera(),
+                  shift=None):
+    """([count depth frames in mm as uint16], the misregistration) of a static scene filmed by `stereo`: a pallet
+    between two picks. The arguments are stereo_depth's; its frame is the first of these (same rng, same
+    draws), so the frames are of the very scene and camera error that stereo_depth shows one frame of.
+
+    The same in every frame, because it comes from the scene and the camera's geometry, which do not move:
+    - the tops' bulge or sag, and the misregistration (an extrinsic calibration error);
+    - the disparity grid (depth steps): averaging frames only dithers through it as far as the noise does;
+    - occlusion shadows (which background the right imager cannot see) and the glossy tape's blotches
+      (specular reflection of the projector, fixed by where tape, projector and camera are).
+    Drawn anew in each frame, because it comes from the imagers' own noise, independent frame to frame (what
+    RealSense's temporal filter relies on):
+    - the subpixel disparity noise, with its spatial correlation (block matching smooths each frame's noise);
+    - which pixels beside a depth edge fly, and where between the surfaces (the matching window straddling the
+      edge goes either way with the noise); the edge itself stays where it is;
+    - failed matches on dark surfaces (the IR signal there hovers at the matching threshold, so the noise decides
+      each frame) and isolated speckle.
+    Each frame alone has exactly stereo_depth's error model: averaging frames only removes what is independent.
+    """
     height, width = depth_mm.shape
     z = np.where(depth_mm > 0, depth_mm / 1000.0, np.nan)
     v, u = np.mgrid[:height, :width]
     rays = np.dstack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones((height, width))])
     z = _bulge_tops(z, labels, top_face, rays, cartons, rng, stereo)
-    holes = _tape_holes(z, labels, top_face, rays, cartons, rng, stereo)
+    static_holes = _tape_holes(z, labels, top_face, rays, cartons, rng, stereo)
+    shadows = _occlusion_shadows(z, camera.fx * stereo.baseline)
+    dark = cv2.GaussianBlur(image.astype(np.float32).mean(axis=2) / 255, (0, 0), 2) < stereo.dark_level
+    frames = [_frame(z, static_holes, shadows, dark, rng, stereo)]
+    if shift is None:  # drawn after the first frame, as stereo_depth always drew it: its frame stays the first
+        angle, length = rng.uniform(0, 2 * math.pi), rng.uniform(*stereo.shift_px)
+        shift = (round(length * math.cos(angle)), round(length * math.sin(angle)))
+    frames += [_frame(z, static_holes, shadows, dark, rng, stereo) for _ in range(count - 1)]
+    millimetres = []
+    for measured in frames:
+        measured = _shifted(measured, *shift)
+        millimetres.append(np.where(np.isfinite(measured) & (measured < 65.5), np.round(measured * 1000), 0)
+                           .astype(np.uint16))
+    return millimetres, shift
 
+
+def _frame(z, static_holes, shadows, dark, rng, stereo):
+    """One frame's depth in metres (NaN = none) of the bulged scene z: this frame's noise on the static grid."""
     focal_b = stereo.focal_px * stereo.baseline
-    noise = _smooth_noise(rng, (height, width), stereo.correlation_px) * stereo.noise_px
+    noise = _smooth_noise(rng, z.shape, stereo.correlation_px) * stereo.noise_px
     disparity = np.round((focal_b / z + noise) / stereo.subpixel) * stereo.subpixel
     with np.errstate(divide="ignore", invalid="ignore"):
         measured = np.where(disparity > 0, focal_b / disparity, np.nan)
-
     measured = _flying_pixels(measured, z, rng, stereo)
-    holes |= _occlusion_shadows(z, camera.fx * stereo.baseline)
-    grey = image.astype(np.float32).mean(axis=2) / 255
-    holes |= (cv2.GaussianBlur(grey, (0, 0), 2) < stereo.dark_level) & (rng.random(grey.shape) < stereo.dark_odds)
-    holes |= rng.random(grey.shape) < stereo.speckle_odds
+    holes = static_holes | shadows
+    holes |= dark & (rng.random(z.shape) < stereo.dark_odds)
+    holes |= rng.random(z.shape) < stereo.speckle_odds
     measured[holes] = np.nan
-
-    if shift is None:
-        angle, length = rng.uniform(0, 2 * math.pi), rng.uniform(*stereo.shift_px)
-        shift = (round(length * math.cos(angle)), round(length * math.sin(angle)))
-    measured = _shifted(measured, *shift)
-    millimetres = np.where(np.isfinite(measured) & (measured < 65.5), np.round(measured * 1000), 0)
-    return millimetres.astype(np.uint16), shift
+    return measured
 
 
 def _top_coordinates(labels, top_face, rays, z, carton, label):
