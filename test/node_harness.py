@@ -112,10 +112,9 @@ class Probe:
         self._thread = threading.Thread(target=self._executor.spin, daemon=True)
         self._thread.start()
 
-    def publisher(self, topic: str, message_type=Image):
-        """A best-effort publisher, as camera drivers publish."""
-        return self.node.create_publisher(message_type, topic, QoSProfile(depth=1,
-                                                                          reliability=ReliabilityPolicy.BEST_EFFORT))
+    def publisher(self, topic: str, message_type=Image, reliability=ReliabilityPolicy.BEST_EFFORT):
+        """A publisher, best effort by default as camera drivers publish."""
+        return self.node.create_publisher(message_type, topic, QoSProfile(depth=1, reliability=reliability))
 
     def call(self, service_type, name: str, request, timeout: float = 30.0):
         """The response of service name to request, from the probe's own process."""
