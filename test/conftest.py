@@ -29,18 +29,6 @@ use_profile()
 sys.path.insert(0, str(REPO / "training"))
 
 
-# The files that take longest (a minute each, --durations) start first: with two workers taking a file at a time
-# in collection order, one of them started last would leave the other worker idle at the end.
-SLOW_FIRST = ["test_train.py", "test_gpu_check.py", "test_robot.py", "test_bag.py", "test_node.py"]
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = item.path.name
-        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
-    items.sort(key=rank)  # stable: the order within a file stays as written
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A small random-weights Mask R-CNN checkpoint that still finds a few instances (at most 5)."""
