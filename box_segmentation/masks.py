@@ -28,36 +28,21 @@ class MaskShape:
     mask: np.ndarray  # (roi height, roi width) uint8, C-contiguous
     area: int
     centroid: tuple[float, float]
-    rotated_rect: tuple[float, float, float, float, float]  # cx, cy, length, width, angle
-
-
-def masks_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
-                   threshold: float) -> list[BoxCrop]:
-    """Thresholded masks, each resized to its own box only: never pasted into a full frame.
-
-    mask_probs: (N, M, M) probabilities from the mask head; boxes: (N, 4) x1, y1, x2, y2 in
-    the original image. The resize is torchvision's paste_masks_in_image restricted to the
-    box (same 1-pixel padding, box expansion and bilinear resize), run on the tensors'
-    device; only the cropped uint8 masks come back to the host, in one transfer.
-    On the CPU it runs on torch's process-wide thread count, which is set once for the process, not
-    here per frame: on a busy CPU its many tiny ops wait for descheduled workers (10 masks, 2 loaded
-    cores: p95 5 ms on one thread, 77 ms on two).
-    """
-    flat, layout = _box_masks(mask_probs, boxes, threshold)
-    height, width = image_size
-    crops = []
-    for start, x1, y1, box_h, box_w in layout:
-        box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
-        # The part of the box inside the image, as paste_mask_in_image copies it.
-        x0, y0 = max(x1, 0), max(y1, 0)
-        crops.append(BoxCrop(x0, y0, box[y0 - y1:max(min(y1 + box_h, height) - y1, 0),
-                                         x0 - x1:max(min(x1 + box_w, width) - x1, 0)]))
-    return crops
+    rotated_rect: tuple[float, float, float, float, float]  # cx, cy, length, width, angle (_message_rect)
 
 
 def shapes_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
                     threshold: float) -> list[MaskShape | None]:
-    """describe() of each of masks_in_boxes' crops (None where a mask is empty), all masks measured together."""
+    """The shape of each thresholded mask (None where it is empty), each resized to its own box only: never
+    pasted into a full frame.
+
+    mask_probs: (N, M, M) probabilities from the mask head; boxes: (N, 4) x1, y1, x2, y2 in the original image.
+    The resize is torchvision's paste_masks_in_image restricted to the box (same 1-pixel padding, box expansion
+    and bilinear resize), run on the tensors' device; only the thresholded uint8 masks come back to the host, in
+    one transfer, and all of them are measured together. On the CPU it runs on torch's process-wide thread
+    count, which is set once for the process, not here per frame: on a busy CPU its many tiny ops wait for
+    descheduled workers (10 masks, 2 loaded cores: p95 5 ms on one thread, 77 ms on two).
+    """
     flat, layout = _box_masks(mask_probs, boxes, threshold)
     height, width = image_size
     for start, x1, y1, box_h, box_w in layout:
@@ -104,45 +89,6 @@ def _box_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, threshold: float) 
             torch.gt(resized[:size], threshold, out=binary[start:start + size])
     # Only the thresholded bytes cross to the host, in one transfer; bool and uint8 share their bytes.
     return binary.cpu().numpy().view(np.uint8), layout
-
-
-def tight_roi(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """x, y, width, height of the smallest rectangle holding every nonzero pixel; zeros if none."""
-    return tuple(int(v) for v in cv2.boundingRect(mask))
-
-
-def centroid(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[float, float]:
-    """Mean pixel centre (x, y) of the nonzero pixels; pixel (u, v) has its centre at (u + 0.5, v + 0.5)."""
-    columns, rows = _pixel_counts(mask)
-    if not columns.any():
-        raise ValueError("centroid of an empty mask")
-    return _centroid_of_counts(columns, rows, x_offset, y_offset)
-
-
-def _pixel_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # Column and row counts: several times faster than cv2.moments on a binary image.
-    return (cv2.reduce(mask, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel(),
-            cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel())
-
-
-def _centroid_of_counts(columns, rows, x_offset, y_offset) -> tuple[float, float]:
-    area = int(columns.sum())
-    return (x_offset + float(columns @ np.arange(columns.size)) / area + 0.5,
-            y_offset + float(rows @ np.arange(rows.size)) / area + 0.5)
-
-
-def rotated_rect(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[float, float, float, float, float]:
-    """Minimum-area rectangle around the mask, in msg/RotatedRect.msg's convention.
-
-    Returns center_x, center_y, length, width, angle: length >= width, angle of the long side
-    in radians from +x towards +y, in [-pi/2, pi/2). It is the rectangle around the pixel
-    centres grown by half a pixel on every side: exact for an axis-aligned block (a run of n
-    pixels measures n), and at most about one pixel larger than a drawn rectangle at 45 degrees.
-    """
-    shape = describe(BoxCrop(x_offset, y_offset, mask))
-    if shape is None:
-        raise ValueError("rotated rectangle of an empty mask")
-    return shape.rotated_rect
 
 
 def describe(crop: BoxCrop) -> MaskShape | None:
@@ -227,7 +173,11 @@ def _new_extremes(values: np.ndarray, group: np.ndarray) -> np.ndarray:
 
 
 def _message_rect(rect, x_offset: int, y_offset: int) -> tuple[float, float, float, float, float]:
-    """cv2.minAreaRect's rectangle around pixel indices, in rotated_rect()'s convention."""
+    """cv2.minAreaRect's rectangle around pixel indices, in msg/RotatedRect.msg's convention: center_x, center_y,
+    length, width, angle, with length >= width and the angle of the long side in radians from +x towards +y, in
+    [-pi/2, pi/2). It is the rectangle around the pixel centres grown by half a pixel on every side: exact for an
+    axis-aligned block (a run of n pixels measures n), and at most about one pixel larger than a drawn rectangle at
+    45 degrees."""
     (center_x, center_y), (side_w, side_h), degrees = rect
     # The sides as cv2.boxPoints draws them: side_w along (cos, sin) of the angle, side_h along
     # (sin, -cos). Read this way, any OpenCV version's angle convention gives the same result.

@@ -9,11 +9,24 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import boxes as box_ops
 
-from box_segmentation.masks import BoxCrop, centroid, describe, masks_in_boxes, rotated_rect, shapes_in_boxes, tight_roi
+from box_segmentation.masks import BoxCrop, describe, shapes_in_boxes
+
+
+def rotated_rect(mask: np.ndarray, x_offset: int = 0, y_offset: int = 0) -> tuple[float, float, float, float, float]:
+    return describe(BoxCrop(x_offset, y_offset, mask)).rotated_rect
+
+
+def full_frame(shape, height: int, width: int) -> np.ndarray:
+    """A MaskShape's mask placed in an empty frame at its roi (all zeros for None)."""
+    full = np.zeros((height, width), np.uint8)
+    if shape is not None:
+        x, y, w, h = shape.roi
+        full[y:y + h, x:x + w] = shape.mask
+    return full
 
 
 def opencv_rotated_rect(mask: np.ndarray) -> tuple[float, float, float, float, float]:
-    """The reference: cv2.minAreaRect of every outer contour point, in rotated_rect's convention."""
+    """The reference: cv2.minAreaRect of every outer contour point, in msg/RotatedRect.msg's convention."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     (center_x, center_y), (side_w, side_h), degrees = cv2.minAreaRect(np.concatenate(contours).reshape(-1, 2))
     radians = math.radians(degrees)
@@ -70,11 +83,12 @@ def test_centroid_area_and_tight_roi():
     mask = np.zeros((20, 30), np.uint8)
     mask[4:7, 10:16] = 1  # 6 x 3 block: pixel centres average to (13, 5.5)
     mask[12, 20] = 1
-    assert tight_roi(mask) == (10, 4, 11, 9)
-    cx, cy = centroid(mask, x_offset=100, y_offset=50)
+    assert describe(BoxCrop(0, 0, mask)).roi == (10, 4, 11, 9)
+    shape = describe(BoxCrop(100, 50, mask))
+    assert shape.area == 19
+    cx, cy = shape.centroid
     assert cx == pytest.approx(100 + (18 * 13.0 + 20.5) / 19)
     assert cy == pytest.approx(50 + (18 * 5.5 + 12.5) / 19)
-    assert tight_roi(np.zeros((4, 4), np.uint8)) == (0, 0, 0, 0)
 
 
 def test_describe_tightens_and_offsets():
@@ -95,15 +109,12 @@ def test_masks_in_boxes_match_torchvision_pasting():
     probs = torch.rand(6, 28, 28, generator=generator)
     boxes = torch.tensor([[10.2, 5.7, 60.9, 40.1], [0.0, 0.0, 129.9, 89.9], [100.5, 70.2, 130.0, 90.0],
                           [50.0, 50.0, 51.0, 51.0], [-3.0, 20.0, 20.0, 95.0], [70.0, 10.0, 128.0, 25.0]])
-    crops = masks_in_boxes(probs, boxes, (height, width), threshold=0.5)
+    shapes = shapes_in_boxes(probs, boxes, (height, width), threshold=0.5)
     pasted = paste_masks_in_image(probs[:, None], boxes, (height, width))[:, 0] > 0.5
-    for crop, expected in zip(crops, pasted, strict=True):
-        assert crop.mask.dtype == np.uint8
-        full = np.zeros((height, width), np.uint8)
-        h, w = crop.mask.shape
-        full[crop.y_offset:crop.y_offset + h, crop.x_offset:crop.x_offset + w] = crop.mask
-        np.testing.assert_array_equal(full, expected.numpy())
-    assert masks_in_boxes(probs[:0], boxes[:0], (height, width), 0.5) == []
+    for shape, expected in zip(shapes, pasted, strict=True):
+        assert shape.mask.dtype == np.uint8
+        np.testing.assert_array_equal(full_frame(shape, height, width), expected.numpy())
+    assert shapes_in_boxes(probs[:0], boxes[:0], (height, width), 0.5) == []
 
 
 def test_masks_in_boxes_leaves_the_process_wide_thread_count_alone(monkeypatch):
@@ -112,7 +123,7 @@ def test_masks_in_boxes_leaves_the_process_wide_thread_count_alone(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     probs = torch.rand(3, 28, 28, generator=torch.Generator().manual_seed(1))
     boxes = torch.tensor([[0.0, 0.0, 200.0, 150.0], [20.0, 30.0, 90.0, 80.0], [5.0, 5.0, 6.0, 6.0]])
-    assert len(masks_in_boxes(probs, boxes, (160, 220), threshold=0.5)) == 3
+    assert len(shapes_in_boxes(probs, boxes, (160, 220), threshold=0.5)) == 3
     assert calls == []
 
 
@@ -126,20 +137,17 @@ def test_many_boxes_keep_torchvision_pixels_and_shapes():
     corners = torch.rand(24, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0])
     sizes = torch.rand(24, 2, generator=generator) * 200 + 1
     boxes = box_ops.clip_boxes_to_image(torch.cat([corners, corners + sizes], dim=1), (height, width))
-    crops = masks_in_boxes(probs, boxes, (height, width), threshold=0.5)
+    shapes = shapes_in_boxes(probs, boxes, (height, width), threshold=0.5)
     pasted = (paste_masks_in_image(probs[:, None], boxes, (height, width))[:, 0] > 0.5).numpy().astype(np.uint8)
-    for crop, expected in zip(crops, pasted, strict=True):
-        full = np.zeros((height, width), np.uint8)
-        h, w = crop.mask.shape
-        full[crop.y_offset:crop.y_offset + h, crop.x_offset:crop.x_offset + w] = crop.mask
-        np.testing.assert_array_equal(full, expected)
-        shape = describe(crop)
+    for shape, expected in zip(shapes, pasted, strict=True):
+        np.testing.assert_array_equal(full_frame(shape, height, width), expected)
         if not expected.any():
             assert shape is None
             continue
-        # The shape of the crop is the shape of the full-frame mask.
-        assert shape.roi == tight_roi(expected) and shape.area == int(expected.sum())
-        assert shape.centroid == pytest.approx(centroid(expected))
+        # The shape of the cropped mask is the shape of the full-frame mask.
+        rows, columns = np.nonzero(expected)
+        assert shape.roi == cv2.boundingRect(expected) and shape.area == rows.size
+        assert shape.centroid == pytest.approx((columns.mean() + 0.5, rows.mean() + 0.5))
         assert same_rect(shape.rotated_rect, opencv_rotated_rect(expected))
 
 
@@ -173,9 +181,9 @@ def test_full_rows_and_single_pixels():
     assert shape.roi == (0, 0, 5, 5) and shape.area == 2 and shape.centroid == pytest.approx((2.5, 2.5))
 
 
-def test_shapes_in_boxes_are_the_shapes_of_the_crops():
-    """All boxes measured at once give what describe gives box by box: boxes across the image border,
-    boxes smaller than the mask (their masks reach the box edge), empty masks."""
+def test_shapes_in_boxes_are_the_shapes_of_the_pasted_masks():
+    """All boxes measured at once give what describe gives of torchvision's full-frame masks one by one: boxes
+    across the image border, boxes smaller than the mask (their masks reach the box edge), empty masks."""
     generator = torch.Generator().manual_seed(3)
     height, width = 120, 160
     coarse = torch.rand(30, 1, 6, 6, generator=generator)
@@ -188,10 +196,14 @@ def test_shapes_in_boxes_are_the_shapes_of_the_crops():
     probs[1] = 1.0
     boxes[1] = torch.tensor([-50.0, -40.0, -8.0, -6.0])  # wholly outside the image
     shapes = shapes_in_boxes(probs, boxes, (height, width), threshold=0.5)
-    crops = masks_in_boxes(probs, boxes, (height, width), threshold=0.5)
     assert shapes[0] is None and shapes[1] is None and sum(shape is None for shape in shapes) < 10
-    for shape, crop in zip(shapes, crops, strict=True):
-        expected = describe(crop)
+    for index, shape in enumerate(shapes):
+        inside = boxes[index, :2].lt(torch.tensor([width, height])).all() and boxes[index, 2:].gt(0).all()
+        if not inside:  # torchvision's paste fails on a box wholly outside the image; nothing of it is seen
+            assert shape is None
+            continue
+        pasted = paste_masks_in_image(probs[index:index + 1, None], boxes[index:index + 1], (height, width))
+        expected = describe(BoxCrop(0, 0, (pasted[0, 0] > 0.5).numpy().astype(np.uint8)))
         if expected is None:
             assert shape is None
             continue
