@@ -6,7 +6,7 @@ image, both paths start from the ROI heads' output and end with bytes ready for 
 
   torchvision: paste_masks_in_image to full-frame float masks, threshold, then each mask as a
                full-frame mono8 sensor_msgs/Image (what a node built on model(images) sends);
-  ours:        masks.shapes_in_boxes (each mask resized to its box only, thresholded there; roi, area,
+  ours:        masks.shapes_in_boxes (each mask resized to its box only by OpenCV, torchvision's pixels kept; roi, area,
                centroid and rotated rect of all masks at once from their row runs), one BoxMasks message.
 
 Run: python benchmarks/bench_postprocess.py [--counts 10 50 150] [--repeats 3]

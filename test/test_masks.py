@@ -9,6 +9,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import boxes as box_ops
 
+from box_segmentation import masks
 from box_segmentation.masks import BoxCrop, describe, shapes_in_boxes
 
 
@@ -115,6 +116,61 @@ def test_masks_in_boxes_match_torchvision_pasting():
         assert shape.mask.dtype == np.uint8
         np.testing.assert_array_equal(full_frame(shape, height, width), expected.numpy())
     assert shapes_in_boxes(probs[:0], boxes[:0], (height, width), 0.5) == []
+
+
+def torch_resized(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torch's bilinear resize of one 2-D array, the kernel paste_masks_in_image calls."""
+    source = torch.from_numpy(probs)[None, None]
+    return torch.nn.functional.interpolate(source, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+
+
+def sources_and_sizes(count: int, seed: int, largest: int = 1600):
+    """Padded 30x30 mask probabilities (random, and a 0/1 checkerboard: neighbours as far apart as they come) with
+    output sizes from one pixel up to largest (by default wider than a 1280x720 frame)."""
+    rng = np.random.default_rng(seed)
+    checkerboard = (np.indices((30, 30)).sum(axis=0) % 2).astype(np.float32)
+    for index in range(count):
+        source = checkerboard if index % 2 else rng.random((30, 30), dtype=np.float32)
+        yield source, *(int(size) for size in rng.integers(1, largest, size=2))
+
+
+def test_opencv_and_torch_resizes_stay_within_the_band_the_cpu_path_relies_on():
+    # Pixels OpenCV puts further than _OPENCV_DISAGREEMENT from the threshold are taken as OpenCV resized them.
+    worst = max(float(np.abs(cv2.resize(source, (width, height), interpolation=cv2.INTER_LINEAR)
+                             - torch_resized(source, height, width).numpy()).max())
+                for source, height, width in sources_and_sizes(60, seed=0))
+    assert 0 < worst < masks._OPENCV_DISAGREEMENT / 2
+
+
+def test_torch_weights_reproduce_torch_values_within_the_rounding_margin():
+    # Pixels near the threshold are settled from _torch_bilinear_weights: one of its two roundings of the source
+    # coordinate must be torch's, up to the float32 rounding of the sum (_TORCH_ROUNDING).
+    for source, height, width in sources_and_sizes(20, seed=1, largest=400):
+        expected = torch_resized(source, height, width).numpy().astype(np.float64)
+        y, x = (values.ravel() for values in np.indices((height, width)))
+        rows = masks._torch_bilinear_weights(y, np.full(y.size, height), 30)
+        columns = masks._torch_bilinear_weights(x, np.full(x.size, width), 30)
+        error = np.full(y.size, np.inf)
+        for (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) in ((row, column) for row in rows for column in columns):
+            value = ((source[y0, x0] * wx0 + source[y0, x1] * wx1) * wy0
+                     + (source[y1, x0] * wx0 + source[y1, x1] * wx1) * wy1)
+            error = np.minimum(error, np.abs(value - expected.ravel()))
+        assert error.max() < masks._TORCH_ROUNDING / 2, (height, width)
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-7, 3e-6, 3e-5])
+def test_pixels_at_the_threshold_are_torchvisions(spread):
+    """Probabilities at and just around the threshold: every pixel is near it, OpenCV's values are not trusted
+    there, and each is settled from torch's weights or its box resized again by torch's kernel."""
+    generator = torch.Generator().manual_seed(4)
+    height, width = 200, 300
+    probs = 0.5 + spread * (2 * torch.rand(12, 28, 28, generator=generator) - 1)
+    corners = torch.rand(12, 2, generator=generator) * torch.tensor([width - 20.0, height - 20.0])
+    boxes = torch.cat([corners, corners + torch.rand(12, 2, generator=generator) * 150 + 2], dim=1)
+    shapes = shapes_in_boxes(probs, boxes, (height, width), threshold=0.5)
+    pasted = (paste_masks_in_image(probs[:, None], boxes, (height, width))[:, 0] > 0.5).numpy()
+    for shape, expected in zip(shapes, pasted, strict=True):
+        np.testing.assert_array_equal(full_frame(shape, height, width), expected)
 
 
 def test_masks_in_boxes_leaves_the_process_wide_thread_count_alone(monkeypatch):
