@@ -4,6 +4,7 @@ Coordinates follow msg/BoxMask.msg: x right, y down, origin at the top-left corn
 top-left pixel, so pixel (u, v) covers [u, u+1) x [v, v+1) and its centre is (u + 0.5, v + 0.5).
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -131,7 +132,7 @@ def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: list,
     values = np.stack(values)
     above, below = (values > threshold + _TORCH_ROUNDING).all(0), (values < threshold - _TORCH_ROUNDING).all(0)
     binary[pixels[above]], binary[pixels[below]] = 1, 0
-    for k in np.unique(box[~(above | below)]).tolist():
+    for k in set(box[~(above | below)].tolist()):
         start, _, _, box_h, box_w = layout[k]
         resized = torch.empty(1, 1, box_h, box_w)
         torch.ops.aten.upsample_bilinear2d.out(torch.from_numpy(padded[k])[None, None], [box_h, box_w], False,
@@ -139,23 +140,44 @@ def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: list,
         np.greater(resized.numpy().ravel(), np.float32(threshold), out=binary[start:start + box_h * box_w].view(bool))
 
 
-def _torch_bilinear_weights(positions: np.ndarray, output_sizes: np.ndarray, input_size: int) -> list:
-    """The two source indices and their weights (float64 of torch's float32 weights) of output positions
-    as torch's bilinear kernel computes them (align_corners=False), once for each way a compiler may round
-    scale * (position + 0.5) - 0.5: with a fused multiply-add (one rounding) and without (two)."""
+def _torch_bilinear_weights(positions: np.ndarray, output_sizes: np.ndarray, input_size: int,
+                            roundings: tuple[str, ...] | None = None) -> list:
+    """The two source indices and their weights (float64 of torch's float32 weights) of output positions as
+    torch's bilinear kernel computes them (align_corners=False), for each way of rounding
+    scale * (position + 0.5) - 0.5 in roundings: "fused" (a fused multiply-add, one rounding) and "unfused"
+    (two); by default the one this torch build uses (_torch_roundings)."""
     scale = np.float32(input_size) / output_sizes.astype(np.float32)
     centre = positions.astype(np.float32) + np.float32(0.5)
-    unfused = scale * centre - np.float32(0.5)
-    fused = (scale.astype(np.float64) * centre - 0.5).astype(np.float32)  # exact in float64, then rounded once
+    sources = {"unfused": lambda: scale * centre - np.float32(0.5),
+               "fused": lambda: (scale.astype(np.float64) * centre - 0.5).astype(np.float32)}  # exact, rounded once
     weights = []
-    for source in (unfused, fused):
-        source = np.maximum(source, np.float32(0))
+    for rounding in roundings or _torch_roundings():
+        source = np.maximum(sources[rounding](), np.float32(0))
         first = np.minimum(np.floor(source).astype(np.int64), input_size - 1)
         second_weight = np.clip(source - first.astype(np.float32), np.float32(0), np.float32(1))
         first_weight = np.float32(1) - second_weight  # rounded to float32, as torch stores it
         weights.append((first, first + (first < input_size - 1), first_weight.astype(np.float64),
                         second_weight.astype(np.float64)))
     return weights
+
+
+@functools.cache
+def _torch_roundings() -> tuple[str, ...]:
+    """The rounding of the source coordinate torch's CPU kernel uses here (it depends on the instructions the build
+    was compiled for), probed once on a resize where the two differ; both if the probe cannot tell them apart
+    (then a pixel where they disagree goes to torch's kernel)."""
+    checkerboard = (np.indices((30, 30)).sum(axis=0) % 2).astype(np.float32)  # neighbours 1 apart
+    size = 1900  # source coordinates up to 30, where the two roundings differ by up to 2e-6
+    expected = torch.ops.aten.upsample_bilinear2d(torch.from_numpy(checkerboard)[None, None], [size, size],
+                                                  False)[0, 0, :, 0].numpy()
+    positions = np.arange(size)
+    matching = []
+    for rounding in ("fused", "unfused"):
+        (y0, y1, wy0, wy1), = _torch_bilinear_weights(positions, np.full(size, size), 30, (rounding,))
+        values = checkerboard[y0, 0] * wy0 + checkerboard[y1, 0] * wy1
+        if np.abs(values - expected).max() < _TORCH_ROUNDING / 2:
+            matching.append(rounding)
+    return tuple(matching) if len(matching) == 1 else ("fused", "unfused")
 
 
 def describe(crop: BoxCrop) -> MaskShape | None:

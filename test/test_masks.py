@@ -143,25 +143,27 @@ def test_opencv_and_torch_resizes_stay_within_the_band_the_cpu_path_relies_on():
 
 
 def test_torch_weights_reproduce_torch_values_within_the_rounding_margin():
-    # Pixels near the threshold are settled from _torch_bilinear_weights: one of its two roundings of the source
-    # coordinate must be torch's, up to the float32 rounding of the sum (_TORCH_ROUNDING).
+    # Pixels near the threshold are settled from _torch_bilinear_weights with the rounding of the source coordinate
+    # this torch build uses, as probed: its values must be torch's up to the float32 rounding of the sum.
+    assert len(masks._torch_roundings()) == 1  # the probe tells the two roundings apart
     for source, height, width in sources_and_sizes(20, seed=1, largest=400):
         expected = torch_resized(source, height, width).numpy().astype(np.float64)
         y, x = (values.ravel() for values in np.indices((height, width)))
-        rows = masks._torch_bilinear_weights(y, np.full(y.size, height), 30)
-        columns = masks._torch_bilinear_weights(x, np.full(x.size, width), 30)
-        error = np.full(y.size, np.inf)
-        for (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) in ((row, column) for row in rows for column in columns):
-            value = ((source[y0, x0] * wx0 + source[y0, x1] * wx1) * wy0
-                     + (source[y1, x0] * wx0 + source[y1, x1] * wx1) * wy1)
-            error = np.minimum(error, np.abs(value - expected.ravel()))
-        assert error.max() < masks._TORCH_ROUNDING / 2, (height, width)
+        (y0, y1, wy0, wy1), = masks._torch_bilinear_weights(y, np.full(y.size, height), 30)
+        (x0, x1, wx0, wx1), = masks._torch_bilinear_weights(x, np.full(x.size, width), 30)
+        top, bottom = source[y0, x0] * wx0 + source[y0, x1] * wx1, source[y1, x0] * wx0 + source[y1, x1] * wx1
+        values = top * wy0 + bottom * wy1
+        assert np.abs(values - expected.ravel()).max() < masks._TORCH_ROUNDING / 2, (height, width)
 
 
+@pytest.mark.parametrize("roundings", [None, ("fused", "unfused")])
 @pytest.mark.parametrize("spread", [0.0, 1e-7, 3e-6, 3e-5])
-def test_pixels_at_the_threshold_are_torchvisions(spread):
+def test_pixels_at_the_threshold_are_torchvisions(spread, roundings, monkeypatch):
     """Probabilities at and just around the threshold: every pixel is near it, OpenCV's values are not trusted
-    there, and each is settled from torch's weights or its box resized again by torch's kernel."""
+    there, and each is settled from torch's weights or its box resized again by torch's kernel; also where the
+    probe cannot tell torch's rounding (both are tried)."""
+    if roundings:
+        monkeypatch.setattr(masks, "_torch_roundings", lambda: roundings)
     generator = torch.Generator().manual_seed(4)
     height, width = 200, 300
     probs = 0.5 + spread * (2 * torch.rand(12, 28, 28, generator=generator) - 1)
