@@ -159,9 +159,32 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
         faces = _find_faces([fitted[i].thinned for i in fitting], np.array([fitted[i].tolerance for i in fitting]),
                             params, rng)
         poses = list(fitted)
+        windows = {}  # carton index: its _TopWindow
         for i, (planes, owner) in zip(fitting, faces, strict=True):
-            poses[i] = _carton_pose(instances[i].roi, instances[i].mask, depth_m, intrinsics, params, up,
-                                    fitted[i], planes, owner)
+            found = _top_window(instances[i].roi, instances[i].mask, depth_m, params, up, fitted[i], planes, owner)
+            if isinstance(found, CartonPose):
+                poses[i] = found
+            else:
+                windows[i] = found
+        # The tops held square to their sides and framed by their rectangles, all cartons at once: each is a few
+        # dozen operations on 3x3 matrices, which cost the same for one carton as for fifty.
+        squared = [window for window in windows.values() if window.side_fits]
+        if squared:
+            tops, sides = _square_to_sides([window.top_fit for window in squared],
+                                           [window.side_fits for window in squared])
+            for window, plane, own_sides in zip(squared, tops, sides, strict=True):
+                window.plane = plane
+                window.sides[window.seen] = own_sides[:len(window.seen)]
+        outlines = {i: _top_outline(window, params) for i, window in windows.items()}
+        framed = [i for i, outline in outlines.items() if len(outline) >= 3]
+        for i in outlines.keys() - framed:  # the creases cut the whole face away: the planes are no box's
+            poses[i] = CartonPose(PoseStatus.POOR_FIT, windows[i].quality, fitted[i].points)
+        if framed:
+            rectangles = _face_rectangles([outlines[i] for i in framed], np.array([windows[i].plane for i in framed]),
+                                          intrinsics)
+            for i, (position, rotation, length, width) in zip(framed, rectangles, strict=True):
+                poses[i] = CartonPose(PoseStatus.OK, windows[i].quality, fitted[i].points, position, rotation, length,
+                                      width)
     return poses
 
 
@@ -256,8 +279,27 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
     return _Fit(len(measured), thinned, tolerance, step, rays)
 
 
-def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner):
-    """The pose from the faces found on the carton's fitting points."""
+@dataclass
+class _TopWindow:
+    """A carton's mask window with each pixel given to its nearest face (owner: plane index, -1 none), its top's
+    plane refitted on the top's pixels, the side planes square to it, and those sides' pixels (side_fits, the
+    rows `seen` of sides) that hold the top square to them (_square_to_sides, all cartons at once)."""
+
+    quality: float
+    mask: np.ndarray
+    has_depth: np.ndarray
+    owner: np.ndarray
+    top: int
+    rays: tuple
+    plane: np.ndarray
+    sides: np.ndarray
+    top_fit: "_Face | None"
+    side_fits: list
+    seen: list
+
+
+def _top_window(roi, mask, depth_m, params, up, fit, planes, owner) -> "_TopWindow | CartonPose":
+    """The carton's _TopWindow from the faces found on its fitting points, or the CartonPose saying why none."""
     quality = np.count_nonzero(owner >= 0) / len(owner) if planes is not None else 0.0
     if planes is None or quality < params.min_quality:
         return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
@@ -269,12 +311,34 @@ def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner)
     spread = 1.4826 * _median(_depth_residuals(fit.thinned[:, owner == top], planes[top][None])[0])
     tolerance = min(fit.tolerance, max(params.inlier_sigmas * spread, fit.step, params.min_inlier_distance))
     x, y, w, h = roi
-    face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], planes, top, tolerance, fit.rays,
-                                   params)
-    if len(face) < 3:  # the creases cut the whole face away: the planes are no box's
-        return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
-    position, rotation, length, width = _face_rectangle(face, plane, intrinsics)
-    return CartonPose(PoseStatus.OK, quality, fit.points, position, rotation, length, width)
+    mask = mask.view(bool)  # Instance.mask holds 0 and 1
+    depth = depth_m[y:y + h, x:x + w]
+    has_depth = mask & (depth > 0)
+    measured = np.where(has_depth, depth, np.inf)
+    pixel_owner = _pixel_faces(mask, has_depth, measured, planes, top, tolerance, fit.rays, params)
+    # Flat indices into the window for the fits: a fifth of the cost of (row, column) pairs.
+    top_pixels = np.flatnonzero(pixel_owner == top)
+    every = -(-len(top_pixels) // params.max_refit_points)  # top and sides alike, so their weights keep their ratio
+
+    def face_fit(pixels, normal=None):
+        pixels = pixels[::every]
+        z = measured.ravel()[pixels]
+        ray_x, ray_y = _rays_at(fit.rays, pixels, w)
+        return _Face(*_moments(np.stack([ray_x * z, ray_y * z, z])), normal=normal)
+
+    top_fit = face_fit(top_pixels) if len(top_pixels) >= 3 else None
+    plane = planes[top] if top_fit is None else top_fit.plane()
+    square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
+    side_fits, seen = [], []
+    if top_fit is not None:
+        top_fit = top_fit._replace(normal=plane[:3])  # _square_to_sides needs it, and need not fit it again
+        for row, k in enumerate(square):
+            side_fit = face_fit(np.flatnonzero(pixel_owner == k), normal=planes[k, :3])
+            if side_fit.count * every >= 30:  # a few pixels fix no plane
+                side_fits.append(side_fit)
+                seen.append(row)
+    return _TopWindow(quality, mask, has_depth, pixel_owner, top, fit.rays, plane, planes[square], top_fit,
+                      side_fits, seen)
 
 
 def _depth_noise(depth, pixels, lag) -> float:
@@ -311,6 +375,7 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
     points = np.zeros((len(point_sets), 3, counts.max()), np.float32)
     for padded, own in zip(points, point_sets, strict=True):
         padded[:, :own.shape[1]] = own
+    points64 = points.astype(np.float64)  # what the residuals and fits compute in, once
     tolerances = np.asarray(tolerances)[:, None, None]
     min_face = np.maximum(3, params.min_face_fraction * counts)
     unexplained = np.arange(points.shape[2]) < counts[:, None]
@@ -325,7 +390,7 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
         # Each carton's unexplained points first, in order: RANSAC draws among them.
         candidates = np.argsort(~unexplained[at], axis=1, kind="stable")
         found = _ransac_planes(points[at], candidates, left[at], tolerances[at], params, rng)
-        on_plane = unexplained[at] & (_depth_residuals(points[at], found[:, None])[:, 0] < tolerances[at, 0])
+        on_plane = unexplained[at] & (_depth_residuals(points64[at], found[:, None])[:, 0] < tolerances[at, 0])
         held = np.count_nonzero(on_plane, axis=1) >= min_face[at]
         at, on_plane = at[held], on_plane[held]
         members[at, face] = on_plane
@@ -333,8 +398,8 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
         faces[at] += 1
         searching[:] = False
         searching[at] = True
-    planes = _fit_planes(points, members)
-    planes, owner = _settle_faces(points, planes, np.arange(params.max_faces) < faces[:, None], tolerances, min_face)
+    planes = _fit_planes(points64, members)
+    planes, owner = _settle_faces(points64, planes, np.arange(params.max_faces) < faces[:, None], tolerances, min_face)
     found = []
     for own_planes, own_owner, count in zip(planes, owner, counts, strict=True):
         kept = ~np.isnan(own_planes[:, 0])
@@ -361,7 +426,12 @@ def _nearest_planes(points, planes, tolerances) -> np.ndarray:
     """(C, P): each point's nearest plane in depth, -1 when none is within the tolerance (NaN planes: none)."""
     residuals = _depth_residuals(points, planes)
     residuals[np.isnan(planes[..., 0])] = np.inf
-    return np.where(residuals.min(axis=1) < tolerances[:, 0], residuals.argmin(axis=1), -1)
+    # Plane by plane, as min and argmin along the short middle axis cost several times more.
+    nearest, owner = residuals[:, 0], np.zeros(residuals[:, 0].shape, np.int64)
+    for k in range(1, planes.shape[1]):
+        np.copyto(owner, k, where=residuals[:, k] < nearest)
+        nearest = np.minimum(nearest, residuals[:, k])  # NaN (a point on no ray: padding) stays NaN, as min's
+    return np.where(nearest < tolerances[:, 0], owner, -1)
 
 
 def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.ndarray:
@@ -385,13 +455,19 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
     normals /= np.maximum(lengths, 1e-12)[..., None]
     offsets = -np.sum(normals * np.swapaxes(triples[..., 0], 1, 2), axis=2)
     # Depth residual |n . p + d| / |n . ray| below the tolerance, with ray = p / z: |n . p + d| z < tolerance
-    # |n . p|, all (C, I, S) at once from one batched product.
-    along = normals @ scored
-    distances = np.abs(along + offsets[..., None])
-    distances *= scored[:, 2:]
-    np.abs(along, out=along)
-    along *= tolerances.astype(np.float32)
-    support = np.count_nonzero(distances < along, axis=2)
+    # |n . p|, (cartons, I, S) at once from one batched product; a few cartons at a time, so that the arrays stay
+    # in the CPU's cache (all fifty cartons' at once take three times as long).
+    support = np.empty(normals.shape[:2], np.int32)
+    for start in range(0, len(points), 8):
+        part = slice(start, start + 8)
+        along = normals[part] @ scored[part]
+        distances = along + offsets[part, :, None]
+        np.abs(distances, out=distances)
+        distances *= scored[part, 2:]
+        np.abs(along, out=along)
+        along *= tolerances[part].astype(np.float32)
+        # count_nonzero along an axis sums in int64, twice the time of summing the bytes in int32
+        support[part] = np.less(distances, along).view(np.uint8).sum(axis=2, dtype=np.int32)
     support[lengths < 1e-9] = -1  # collinear triples
     best = np.argmax(support, axis=1)
     chosen = np.arange(len(points))
@@ -399,19 +475,26 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
 
 
 def _fit_planes(points, members) -> np.ndarray:
-    """(C, K, 4): least-squares planes (n, d), n toward the camera, of points (C, 3, P) on the members (C, K, P)
-    of each; from the sums of the points and of their products, taken about each carton's first point (a few
-    decimetres away at most, so float64 sums lose nothing to cancellation), as one batched product."""
-    origin = points[:, :, 0].astype(np.float64)
-    x = np.swapaxes(points - origin[..., None], 0, 1)  # (3, C, P): offsets along each axis
-    products = np.stack([*x, *(x[i] * x[j] for i, j in _PAIRS)], axis=1)  # (C, 9, P)
-    count = np.maximum(np.count_nonzero(members, axis=2), 1)[..., None]
+    """(C, K, 4): least-squares planes (n, d), n toward the camera, of float64 points (C, 3, P) on the members
+    (C, K, P) of each (NaN with fewer than 3); from the sums of the points and of their products, taken about each
+    carton's first point (a few decimetres away at most, so float64 sums lose nothing to cancellation), as one
+    batched product."""
+    origin = points[:, :, 0].copy()
+    products = np.empty((len(points), 9, points.shape[2]))  # (C, 9, P): the offsets and their products
+    x = products[:, :3]
+    np.subtract(points, origin[..., None], out=x)
+    for row, (i, j) in enumerate(_PAIRS, start=3):
+        np.multiply(x[:, i], x[:, j], out=products[:, row])
+    count = np.count_nonzero(members, axis=2)
+    fitted = count >= 3  # the others: NaN
+    count = np.maximum(count, 1)[..., None]
     sums = members.astype(np.float64) @ np.swapaxes(products, 1, 2) / count  # (C, K, 9): means of the offsets
     # and of their products
     mean = sums[..., :3]
     scatter = count[..., None] * (sums[..., _SYMMETRIC + 3] - mean[..., :, None] * mean[..., None, :])
     mean += origin[:, None]
-    normal = _least_spread(scatter, mean)
+    normal = np.full(mean.shape, np.nan)
+    normal[fitted] = _least_spread(scatter[fitted], mean[fitted])
     return np.concatenate([normal, -np.sum(normal * mean, axis=-1, keepdims=True)], axis=-1)
 
 
@@ -455,64 +538,48 @@ def _top_face(planes, points, owner, up, params) -> int | None:
     return int(np.argmax(np.where(parallel, counts, -1)))
 
 
-def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
-    """(N, 3) points where the rays of the mask's top-face pixels on its outline meet the top plane (exact, free
-    of depth noise), and that plane refitted on all of the mask's depth points on it. Whole-window arrays throughout:
+def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params) -> np.ndarray:
+    """(h, w) int8: each window pixel's face, its index in planes, or -1 for none. Whole-window arrays throughout:
     a plane's depth at every pixel of the window is one broadcast expression.
 
-    Pixels with depth belong to their nearest plane, or to none when off every plane. Pixels without depth
-    (holes, sensor shadows) within fill_px of one with it go with the nearest such, so the face reaches the
-    mask's edge. The top face ends where a side begins: points beyond a plane square to the top (the crease)
-    go, which noise alone cannot place. What is left is the top face, in as many pieces as holes too wide to
-    fill (glossy tape, dark print) cut it into: every piece counts but specks (min_fragment of it).
+    Pixels with depth (measured: their depth, inf elsewhere) belong to their nearest plane, or to none when off
+    every plane. Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a
+    side's first pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the
+    top plane: there, the far half of the tolerance is no longer top.
     """
-    has_depth = mask & (depth > 0)
-    measured = np.where(has_depth, depth, np.inf)
-    owner = np.full(depth.shape, -1, np.int8)
-    nearest = np.full(depth.shape, np.float32(tolerance))
-    for k, other in enumerate(planes):
-        offset = measured - _plane_depth(other, rays)  # beyond the plane: positive
+    owner = np.full(measured.shape, -1, np.int8)
+    nearest = np.full(measured.shape, np.float32(tolerance))
+    for k, plane in enumerate(planes):
+        offset = _plane_depth(plane, rays)
+        np.subtract(measured, offset, out=offset)  # beyond the plane: positive
         residual = np.abs(offset)
         np.copyto(owner, k, where=residual < nearest)
         np.minimum(nearest, residual, out=nearest)
         if k == top:
             beyond_top = offset > tolerance / 2
-    # Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a side's first
-    # pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the top plane:
-    # there, the far half of the tolerance is no longer top.
     on_top = owner == top
-    holes = mask & ~has_depth
-    ring = mask & ~_erode((on_top | holes).view(np.uint8), params.edge_ring_px).view(bool)
-    strip = on_top & ring & beyond_top
-    np.copyto(owner, -1, where=strip)
-    on_top &= ~strip
-    # Flat indices into the window for the fits: a fifth of the cost of (row, column) pairs.
-    depth_flat = measured.ravel()  # the depth on the mask's pixels with depth
-    top_pixels = np.flatnonzero(on_top)
-    every = -(-len(top_pixels) // params.max_refit_points)  # top and sides alike, so their weights keep their ratio
+    off_ring = _erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
+    np.copyto(owner, -1, where=on_top & beyond_top & ~off_ring)
+    return owner
 
-    def face_fit(pixels, normal=None):
-        pixels = pixels[::every]
-        z = depth_flat[pixels]
-        ray_x, ray_y = _rays_at(rays, pixels, depth.shape[1])
-        return _Face(*_moments(np.stack([ray_x * z, ray_y * z, z])), normal=normal)
 
-    top_fit = face_fit(top_pixels) if len(top_pixels) >= 3 else None
-    plane = planes[top] if top_fit is None else top_fit.plane()
-    square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
-    sides = planes[square]
-    if top_fit is not None:
-        side_fits = [face_fit(np.flatnonzero(owner == k), normal=planes[k, :3]) for k in square]
-        seen = [k for k, side in enumerate(side_fits) if side.count * every >= 30]  # a few pixels fix no plane
-        if seen:
-            plane, sides[seen] = _square_to_sides(top_fit, [side_fits[k] for k in seen])
-    region = on_top
-    if holes.any():
+def _top_outline(window, params) -> np.ndarray:
+    """(N, 3) points where the rays of the window's top-face pixels on the outlines of its pieces meet its top
+    plane: exact, free of depth noise.
+
+    Pixels without depth (holes, sensor shadows) within fill_px of one with it go with the nearest such, so the
+    face reaches the mask's edge. The top face ends where a side begins: points beyond a plane square to the top
+    (the crease) go, which noise alone cannot place. What is left is the top face, in as many pieces as holes
+    too wide to fill (glossy tape, dark print) cut it into: every piece counts but specks (min_fragment of it).
+    """
+    mask, has_depth, plane, rays = window.mask, window.has_depth, window.plane, window.rays
+    region = window.owner == window.top
+    if np.count_nonzero(has_depth) < np.count_nonzero(mask):  # holes in the depth
         # Labels number the pixels with depth in row-major order: look up whether each one's nearest is top.
         no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-        region = mask & (gap <= params.fill_px) & (owner[has_depth] == top)[nearest - 1]
-    for side in sides:
+        region = mask & (gap <= params.fill_px) & (window.owner[has_depth] == window.top)[nearest - 1]
+    for side in window.sides:
         # Behind the side's outer surface where the pixel's ray r meets the top plane (n, d), at z r with
         # z = -d / (n . r) > 0: s . z r + s_d <= 0, that is (d s - s_d n) . r <= 0, a half-plane of the image.
         line = plane[3] * side[:3] - side[3] * plane[:3]
@@ -520,16 +587,26 @@ def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
     region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    pieces, labels = cv2.connectedComponents(region, connectivity=8)  # a third of the time WithStats takes
-    if pieces == 1:  # nothing, or nothing but spurs
-        return np.zeros((0, 3)), plane
-    # The rectangle around the pieces is the one around their outlines: a tenth of the points or fewer.
-    outline = region > _erode(region, 1)
-    if pieces > 2:  # the background and more than one piece: drop the specks
-        areas = np.bincount(labels.ravel(), minlength=pieces)
-        areas[0] = 0
-        outline &= (areas >= params.min_fragment * areas.sum())[labels]
-    return _ray_points(*_rays_at(rays, np.flatnonzero(outline), depth.shape[1]), plane), plane
+    # The rectangle around the pieces is the one around their convex hulls, which their outer outlines hold: the
+    # ends of each straight run of them where the rays are straight in the image, all of them where lens
+    # distortion bends the rays. OpenCV's pieces are 8-connected, as connectedComponents' are.
+    straight = rays[0].shape[0] == 1
+    outlines, hierarchy = cv2.findContours(region, cv2.RETR_CCOMP,
+                                           cv2.CHAIN_APPROX_SIMPLE if straight else cv2.CHAIN_APPROX_NONE)
+    # RETR_CCOMP: each piece's outer outline has no parent (its holes' outlines do).
+    if not outlines:  # nothing, or nothing but spurs
+        return np.zeros((0, 3))
+    outer = [outline[:, 0] for outline, links in zip(outlines, hierarchy[0], strict=True) if links[3] < 0]
+    if len(outer) > 1:  # more than one piece: drop the specks
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+        areas = stats[:, cv2.CC_STAT_AREA]
+        areas[0] = 0  # the background
+        kept = areas >= params.min_fragment * areas.sum()
+        outer = [outline for outline in outer if kept[labels[outline[0, 1], outline[0, 0]]]]
+        if not outer:  # all specks (more than 1 / min_fragment pieces)
+            return np.zeros((0, 3))
+    columns, rows = np.concatenate(outer).T
+    return _ray_points(*_rays_at(rays, rows * mask.shape[1] + columns, mask.shape[1]), plane)
 
 
 class _Face(NamedTuple):
@@ -571,36 +648,45 @@ def _least_spread(scatter, mean) -> np.ndarray:
     return np.where(np.sum(normal * mean, axis=-1, keepdims=True) > 0, -normal, normal)
 
 
-def _square_to_sides(top, sides) -> tuple[np.ndarray, np.ndarray]:
-    """The top plane and the side planes refitted together: a box's sides stand square to its top, and a side seen
-    obliquely fixes the top's tilt across it better than the top's own points do. Each face counts by its
-    points over its own mean squared residual (so a ragged side counts little), and the box turns until the
-    weighted sum of squared distances of every face's points to its face is least: one Gauss-Newton step from
-    the top's own plane (the faces RANSAC found are within degrees of square; a second step changes nothing)."""
-    normal = top.plane()[:3]
-    x_axis = _unit(sides[0].normal - (sides[0].normal @ normal) * normal)
-    box = np.array([x_axis, _cross(normal, x_axis), normal]).T  # columns: the box's axes
-    faces = [top, *sides]
-    scatters = np.array([face.scatter for face in faces])
-    normals = np.array([normal, *(side.normal for side in sides)])
-    weights = np.array([face.count for face in faces]) / np.maximum(
-        (normals[:, None] @ scatters @ normals[..., None])[:, 0, 0], 1e-12)
-    along = normals @ box  # (F, 3): each face's normal in the box's axes
-    axes = np.argmax(np.abs(along), axis=1)
-    normals = (box[:, axes] * np.sign(along[np.arange(len(faces)), axes])).T
+def _square_to_sides(tops, sides) -> tuple[np.ndarray, list]:
+    """Each box's top plane and side planes refitted together, all boxes at once: tops, a _Face each, and sides,
+    a list of one or two _Faces (with their normals) each. Returns the (B, 4) top planes and each box's (S, 4)
+    side planes.
+
+    A box's sides stand square to its top, and a side seen obliquely fixes the top's tilt across it better than
+    the top's own points do. Each face counts by its points over its own mean squared residual (so a ragged side
+    counts little), and the box turns until the weighted sum of squared distances of every face's points to its
+    face is least: one Gauss-Newton step from the top's own plane (the faces RANSAC found are within degrees of
+    square; a second step changes nothing)."""
+    faces = [[top, *own] for top, own in zip(tops, sides, strict=True)]
+    # Boxes with one side get a second of no weight (no points), lying on the top, so all are (B, F) arrays.
+    most = max(len(own) for own in faces)
+    faces = [own + [own[0]._replace(count=0, scatter=np.zeros((3, 3)))] * (most - len(own)) for own in faces]
+    counts = np.array([[face.count for face in own] for own in faces])
+    scatters = np.array([[face.scatter for face in own] for own in faces])
+    means = np.array([[face.mean for face in own] for own in faces])
+    normals = np.array([[own[0].plane()[:3], *(face.normal for face in own[1:])] for own in faces])
+    normal = normals[:, 0]
+    x_axis = _units(normals[:, 1] - np.sum(normals[:, 1] * normal, axis=1, keepdims=True) * normal)
+    box = np.stack([x_axis, _crosses(normal, x_axis), normal], axis=2)  # columns: each box's axes
+    weights = counts / np.maximum((normals[..., None, :] @ scatters @ normals[..., None])[..., 0, 0], 1e-12)
+    along = normals @ box  # (B, F, 3): each face's normal in its box's axes
+    axes = np.argmax(np.abs(along), axis=2)
+    normals = np.swapaxes(np.take_along_axis(box, axes[:, None], axis=2)
+                          * np.sign(np.take_along_axis(along, axes[..., None], axis=2))[..., 0][:, None], 1, 2)
     # A turn by the small rotation vector w moves a normal n by w x n = -[n]x w: the weighted squared distances
     # are quadratic in w, with Hessian sum [n]x^T C [n]x and gradient sum [n]x^T C n.
-    crosses = np.zeros((len(faces), 3, 3))  # [n]x of each face
-    crosses[:, [2, 0, 1], [1, 2, 0]] = normals
-    crosses[:, [1, 2, 0], [2, 0, 1]] = -normals
-    weighted = weights[:, None, None] * np.swapaxes(crosses, 1, 2) @ scatters
-    hessian = np.sum(weighted @ crosses, axis=0)
-    gradient = np.sum(weighted @ normals[..., None], axis=0)
-    turn = cv2.Rodrigues(cv2.solve(hessian, gradient, flags=cv2.DECOMP_SVD)[1])[0]
-    normals = normals @ turn.T
-    means = np.array([face.mean for face in faces])
-    planes = np.concatenate([normals, -np.sum(normals * means, axis=1, keepdims=True)], axis=1)
-    return planes[0], planes[1:]
+    crosses = np.zeros((*normals.shape, 3))  # [n]x of each face
+    crosses[..., [2, 0, 1], [1, 2, 0]] = normals
+    crosses[..., [1, 2, 0], [2, 0, 1]] = -normals
+    weighted = weights[..., None, None] * np.swapaxes(crosses, 2, 3) @ scatters
+    hessians = np.sum(weighted @ crosses, axis=1)
+    gradients = np.sum(weighted @ normals[..., None], axis=1)
+    turns = np.array([cv2.Rodrigues(cv2.solve(hessian, gradient, flags=cv2.DECOMP_SVD)[1])[0]
+                      for hessian, gradient in zip(hessians, gradients, strict=True)])
+    normals = normals @ np.swapaxes(turns, 1, 2)
+    planes = np.concatenate([normals, -np.sum(normals * means, axis=2, keepdims=True)], axis=2)
+    return planes[:, 0], [own_planes[1:len(own) + 1] for own_planes, own in zip(planes, sides, strict=True)]
 
 
 def _erode(mask, radius) -> np.ndarray:
@@ -632,35 +718,42 @@ def _plane_depth(plane, rays) -> np.ndarray:
     return np.float32(-plane[3]) / (normal[0] * rays[0] + normal[1] * rays[1] + normal[2])
 
 
-def _face_rectangle(points, plane, intrinsics):
-    """Pick point, rotation, length and width of the minimum-area rectangle around points on a plane."""
-    normal = plane[:3]
-    origin = np.ones(len(points)) @ points / len(points)  # as in _scatter
-    e1 = _unit(np.array([1.0, 0.0, 0.0]) - normal[0] * normal)  # camera x laid onto the plane
-    e2 = _cross(normal, e1)
-    in_plane = ((points - origin) @ np.array([e1, e2]).T).astype(np.float32)
-    (centre_s, centre_t), _, _ = rect = cv2.minAreaRect(in_plane)
-    corners = cv2.boxPoints(rect)
-    side_a, side_b = corners[1] - corners[0], corners[2] - corners[1]
-    long_side, short_side = (side_a, side_b) if math.hypot(*side_a) >= math.hypot(*side_b) else (side_b, side_a)
-    x_axis = _unit(long_side[0] * e1 + long_side[1] * e2)
-    if x_axis[0] < 0:  # of the two directions along the long edge, the one toward image right
-        x_axis = -x_axis
-    rotation = np.array([x_axis, _cross(normal, x_axis), normal]).T
-    position = origin + centre_s * e1 + centre_t * e2
+def _face_rectangles(point_sets, planes, intrinsics) -> list:
+    """Pick point, rotation, length and width of the minimum-area rectangle around each set of points (N, 3) on
+    its plane (B, 4): OpenCV's rectangle for each, the geometry around it for all at once."""
+    normal = planes[:, :3]
+    origins = np.array([np.ones(len(points)) @ points / len(points) for points in point_sets])  # as in _scatter
+    e1 = _units(np.array([1.0, 0.0, 0.0]) - normal[:, :1] * normal)  # camera x laid onto the plane
+    e2 = _crosses(normal, e1)
+    centres, corners = [], []
+    for points, origin, axes in zip(point_sets, origins, np.stack([e1, e2], axis=1), strict=True):
+        rect = cv2.minAreaRect(((points - origin) @ axes.T).astype(np.float32))
+        centres.append(rect[0])
+        corners.append(cv2.boxPoints(rect))
+    centres, corners = np.array(centres), np.array(corners, np.float64)
+    side_a, side_b = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 1]
+    a_longer = (np.hypot(*side_a.T) >= np.hypot(*side_b.T))[:, None]
+    long_side, short_side = np.where(a_longer, side_a, side_b), np.where(a_longer, side_b, side_a)
+    x_axis = _units(long_side[:, :1] * e1 + long_side[:, 1:] * e2)
+    x_axis *= np.where(x_axis[:, :1] < 0, -1.0, 1.0)  # of the two directions along the long edge, toward image right
+    y_axis = _crosses(normal, x_axis)
+    positions = origins + centres[:, :1] * e1 + centres[:, 1:] * e2
     # The outermost pixel centres stop short of the face's edges: by half a pixel on edges along the pixel
     # grid, by almost nothing on slanted ones. Half a pixel in all is at most half a pixel off either way.
-    length = math.hypot(*long_side) + _metres_per_pixel(position, rotation[:, 0], intrinsics) / 2
-    width = math.hypot(*short_side) + _metres_per_pixel(position, rotation[:, 1], intrinsics) / 2
-    return position, rotation, length, width
+    lengths = np.hypot(*long_side.T) + _metres_per_pixel(positions, x_axis, intrinsics) / 2
+    widths = np.hypot(*short_side.T) + _metres_per_pixel(positions, y_axis, intrinsics) / 2
+    rotations = np.stack([x_axis, y_axis, normal], axis=2)
+    return [(position, rotation, float(length), float(width))
+            for position, rotation, length, width in zip(positions, rotations, lengths, widths, strict=True)]
 
 
-def _metres_per_pixel(point, direction, intrinsics) -> float:
-    """Distance along direction, at point, that moves its image by one pixel (the projection's derivative)."""
-    x, y, z = point
-    du = intrinsics.fx * (direction[0] * z - x * direction[2]) / z ** 2
-    dv = intrinsics.fy * (direction[1] * z - y * direction[2]) / z ** 2
-    return 1.0 / math.hypot(du, dv)
+def _metres_per_pixel(points, directions, intrinsics) -> np.ndarray:
+    """Distance along each direction (N, 3), at each point (N, 3), that moves its image by one pixel (the
+    projection's derivative)."""
+    x, y, z = points.T
+    du = intrinsics.fx * (directions[:, 0] * z - x * directions[:, 2]) / z ** 2
+    dv = intrinsics.fy * (directions[:, 1] * z - y * directions[:, 2]) / z ** 2
+    return 1.0 / np.hypot(du, dv)
 
 
 def _cross(a, b) -> np.ndarray:
@@ -670,6 +763,17 @@ def _cross(a, b) -> np.ndarray:
 
 def _unit(vector) -> np.ndarray:
     return vector / math.sqrt(vector @ vector)
+
+
+def _crosses(a, b) -> np.ndarray:
+    """a x b row by row of two (N, 3) arrays: np.cross costs several times more."""
+    return np.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                     a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], axis=1)
+
+
+def _units(vectors) -> np.ndarray:
+    """Each row of (N, 3) vectors over its length."""
+    return vectors / np.sqrt(np.sum(vectors * vectors, axis=1, keepdims=True))
 
 
 # ----------------------------------------------------------------------------------------------------
