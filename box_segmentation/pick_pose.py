@@ -156,16 +156,29 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
     with np.errstate(divide="ignore", invalid="ignore"):
         fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, params) for instance in instances]
         fitting = [i for i, fit in enumerate(fitted) if not isinstance(fit, CartonPose)]
-        faces = _find_faces([fitted[i].thinned for i in fitting], np.array([fitted[i].tolerance for i in fitting]),
-                            params, rng)
         poses = list(fitted)
         windows = {}  # carton index: its _TopWindow
-        for i, (planes, owner) in zip(fitting, faces, strict=True):
-            found = _top_window(instances[i].roi, instances[i].mask, depth_m, params, up, fitted[i], planes, owner)
-            if isinstance(found, CartonPose):
-                poses[i] = found
-            else:
-                windows[i] = found
+        if fitting:
+            fits = [fitted[i] for i in fitting]
+            tolerances = np.array([fit.tolerance for fit in fits])
+            points, planes, owner = _find_faces([fit.thinned for fit in fits], tolerances, params, rng)
+            quality = np.count_nonzero(owner >= 0, axis=1) / np.array([fit.thinned.shape[1] for fit in fits])
+            top, spread = _top_faces(points, planes, owner, up, params)
+            # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the
+            # top's extent takes only what that spread (or the depth step) explains, so a side's first pixels stay
+            # off it.
+            tolerances = np.minimum(tolerances, np.maximum(
+                params.inlier_sigmas * spread, np.maximum([fit.step for fit in fits], params.min_inlier_distance)))
+            for c, (i, fit) in enumerate(zip(fitting, fits, strict=True)):
+                found = ~np.isnan(planes[c, :, 0])
+                if not found.any() or quality[c] < params.min_quality:
+                    poses[i] = CartonPose(PoseStatus.POOR_FIT, quality[c], fit.points)
+                elif top[c] < 0:
+                    poses[i] = CartonPose(PoseStatus.NO_TOP_FACE, quality[c], fit.points)
+                else:
+                    windows[i] = _top_window(instances[i].roi, instances[i].mask, depth_m, params, fit,
+                                             planes[c, found], np.count_nonzero(found[:top[c]]), tolerances[c],
+                                             quality[c])
         # The tops held square to their sides and framed by their rectangles, all cartons at once: each is a few
         # dozen operations on 3x3 matrices, which cost the same for one carton as for fifty.
         squared = [window for window in windows.values() if window.side_fits]
@@ -245,14 +258,15 @@ def quaternion_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, f
 
 class _Fit(NamedTuple):
     """A carton's depth points: how many on its eroded mask, those few to fit planes to ((3, N) float32, rows x,
-    y, z), the inlier distance, the camera's depth step there, and its window's pixel rays
-    (Intrinsics.normalised_grid)."""
+    y, z), the inlier distance, the camera's depth step there, its window's pixel rays (Intrinsics.normalised_grid)
+    and which of the window's pixels have depth."""
 
     points: int
     thinned: np.ndarray
     tolerance: float
     step: float
     rays: tuple
+    has_depth: np.ndarray
 
 
 def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
@@ -260,7 +274,7 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
     has_depth = depth > 0  # NaN compares false
-    eroded = _erode(mask, params.erode_px).astype(bool)
+    eroded = _erode(mask, params.erode_px).view(bool)  # Instance.mask holds 0 and 1
     on_mask = eroded & has_depth
     # Flat indices throughout: a fifth of the cost of (row, column) pairs on windows this small.
     measured = np.flatnonzero(on_mask)
@@ -276,7 +290,7 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
     step = params.depth_step_at_1m * _median(z) ** 2
     noise = _depth_noise(depth, on_mask, params.noise_lag_px)
     tolerance = min(max(params.inlier_sigmas * noise, step, params.min_inlier_distance), params.max_inlier_distance)
-    return _Fit(len(measured), thinned, tolerance, step, rays)
+    return _Fit(len(measured), thinned, tolerance, step, rays, has_depth)
 
 
 @dataclass
@@ -298,47 +312,36 @@ class _TopWindow:
     seen: list
 
 
-def _top_window(roi, mask, depth_m, params, up, fit, planes, owner) -> "_TopWindow | CartonPose":
-    """The carton's _TopWindow from the faces found on its fitting points, or the CartonPose saying why none."""
-    quality = np.count_nonzero(owner >= 0) / len(owner) if planes is not None else 0.0
-    if planes is None or quality < params.min_quality:
-        return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
-    top = _top_face(planes, fit.thinned, owner, up, params)
-    if top is None:
-        return CartonPose(PoseStatus.NO_TOP_FACE, quality, fit.points)
-    # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the top's
-    # extent takes only what that spread (or the depth step) explains, so a side's first pixels stay off it.
-    spread = 1.4826 * _median(_depth_residuals(fit.thinned[:, owner == top], planes[top][None])[0])
-    tolerance = min(fit.tolerance, max(params.inlier_sigmas * spread, fit.step, params.min_inlier_distance))
+def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality) -> _TopWindow:
+    """The carton's _TopWindow: its faces' planes (K, 4), planes[top] its top face, tolerance the inlier distance
+    of the top's extent."""
     x, y, w, h = roi
     mask = mask.view(bool)  # Instance.mask holds 0 and 1
-    depth = depth_m[y:y + h, x:x + w]
-    has_depth = mask & (depth > 0)
-    measured = np.where(has_depth, depth, np.inf)
-    pixel_owner = _pixel_faces(mask, has_depth, measured, planes, top, tolerance, fit.rays, params)
-    # Flat indices into the window for the fits: a fifth of the cost of (row, column) pairs.
-    top_pixels = np.flatnonzero(pixel_owner == top)
-    every = -(-len(top_pixels) // params.max_refit_points)  # top and sides alike, so their weights keep their ratio
-
-    def face_fit(pixels, normal=None):
-        pixels = pixels[::every]
-        z = measured.ravel()[pixels]
-        ray_x, ray_y = _rays_at(fit.rays, pixels, w)
-        return _Face(*_moments(np.stack([ray_x * z, ray_y * z, z])), normal=normal)
-
-    top_fit = face_fit(top_pixels) if len(top_pixels) >= 3 else None
+    rays = fit.rays
+    has_depth = mask & fit.has_depth
+    measured = np.where(has_depth, depth_m[y:y + h, x:x + w], np.inf)
+    owner = _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params)
+    # Each face's pixels, by flat index into the window (a fifth of the cost of (row, column) pairs), thinned
+    # alike (so their weights keep their ratio), and their points all at once.
+    pixels = [np.flatnonzero(owner == k) for k in range(len(planes))]
+    every = -(-len(pixels[top]) // params.max_refit_points)
+    pixels = [own[::every] for own in pixels]
+    ends = np.cumsum([len(own) for own in pixels])
+    flat = np.concatenate(pixels)
+    z = measured.ravel()[flat]
+    ray_x, ray_y = _rays_at(rays, flat, w)
+    points = np.stack([ray_x * z, ray_y * z, z])
+    top_fit = _Face(*_moments(points[:, ends[top] - len(pixels[top]):ends[top]])) if len(pixels[top]) >= 3 else None
     plane = planes[top] if top_fit is None else top_fit.plane()
     square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
     side_fits, seen = [], []
     if top_fit is not None:
         top_fit = top_fit._replace(normal=plane[:3])  # _square_to_sides needs it, and need not fit it again
         for row, k in enumerate(square):
-            side_fit = face_fit(np.flatnonzero(pixel_owner == k), normal=planes[k, :3])
-            if side_fit.count * every >= 30:  # a few pixels fix no plane
-                side_fits.append(side_fit)
+            if len(pixels[k]) * every >= 30:  # a few pixels fix no plane
+                side_fits.append(_Face(*_moments(points[:, ends[k] - len(pixels[k]):ends[k]]), normal=planes[k, :3]))
                 seen.append(row)
-    return _TopWindow(quality, mask, has_depth, pixel_owner, top, fit.rays, plane, planes[square], top_fit,
-                      side_fits, seen)
+    return _TopWindow(quality, mask, has_depth, owner, top, rays, plane, planes[square], top_fit, side_fits, seen)
 
 
 def _depth_noise(depth, pixels, lag) -> float:
@@ -361,10 +364,10 @@ def _depth_noise(depth, pixels, lag) -> float:
 def _median(values) -> float:
     """Median of a 1-D array: np.median's checks cost five times the selection itself on a few hundred values."""
     middle = len(values) // 2
+    parted = np.partition(values, middle)
     if len(values) % 2:
-        return float(np.partition(values, middle)[middle])
-    lower, upper = np.partition(values, (middle - 1, middle))[middle - 1:middle + 1]
-    return float(lower + upper) / 2
+        return float(parted[middle])
+    return float(parted[:middle].max() + parted[middle]) / 2  # (partitioning at both costs twice as much)
 
 
 def _find_faces(point_sets, tolerances, params, rng) -> list:
@@ -400,13 +403,7 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
         searching[at] = True
     planes = _fit_planes(points64, members)
     planes, owner = _settle_faces(points64, planes, np.arange(params.max_faces) < faces[:, None], tolerances, min_face)
-    found = []
-    for own_planes, own_owner, count in zip(planes, owner, counts, strict=True):
-        kept = ~np.isnan(own_planes[:, 0])
-        renumber = np.cumsum(kept) - 1
-        found.append((own_planes[kept], np.where(own_owner[:count] >= 0, renumber[own_owner[:count]], -1))
-                     if kept.any() else (None, None))
-    return found
+    return points64, planes, owner
 
 
 def _settle_faces(points, planes, found, tolerances, min_face):
@@ -519,23 +516,41 @@ def _depth_residuals(points, planes) -> np.ndarray:
     return np.abs((along + planes[..., 3:]) / (along / points[..., 2:, :]))  # parallel rays: inf
 
 
-def _top_face(planes, points, owner, up, params) -> int | None:
-    """The face the top is: the most up (or, without up, the most squarely facing the camera), or the face
+def _top_faces(points, planes, owner, up, params) -> tuple[np.ndarray, np.ndarray]:
+    """Per carton, which of its planes its top face is (-1: none) and the robust spread in depth of the top's
+    points about it; all cartons at once, from _find_faces' arrays.
+
+    The top is the face that is most up (or, without up, the most squarely facing the camera), or the face
     with the most points of those parallel to it (a band of the floor or of a lower neighbour inside the mask,
-    from colour-depth misregistration, is parallel to the top too)."""
-    normals = planes[:, :3]
+    from colour-depth misregistration, is parallel to the top too).
+    """
+    normals = planes[..., :3]
+    found = ~np.isnan(planes[..., 0])
+    members = owner[:, None] == np.arange(planes.shape[1])[:, None]  # (C, K, P)
+    counts = np.count_nonzero(members, axis=2)
     if up is not None:
-        score = normals @ up
-        if score.max() < math.cos(math.radians(params.max_top_tilt_deg)):
-            return None
+        score = np.where(found, normals @ up, -np.inf)
     else:
         # Cosine between a face's normal and the direction from the face to the camera: d / |centre| for a
         # plane n . p + d = 0 through the centre of its points.
-        distances = np.array([np.linalg.norm(points[:, owner == k].mean(axis=1)) for k in range(len(planes))])
-        score = planes[:, 3] / distances
-    parallel = normals @ normals[int(np.argmax(score))] >= math.cos(math.radians(params.parallel_deg))
-    counts = np.bincount(owner[owner >= 0], minlength=len(planes))
-    return int(np.argmax(np.where(parallel, counts, -1)))
+        centres = members @ np.swapaxes(points, 1, 2) / counts[..., None]
+        score = np.where(found, planes[..., 3] / np.sqrt(np.sum(centres * centres, axis=2)), -np.inf)
+    cartons = np.arange(len(planes))
+    best = np.argmax(score, axis=1)  # a NaN score (a plane left without points) wins, as np.argmax has it
+    parallel = np.sum(normals * normals[cartons, best][:, None], axis=2) >= math.cos(math.radians(params.parallel_deg))
+    top = np.argmax(np.where(parallel, counts, -1), axis=1)
+    top[~found.any(axis=1)] = -1
+    if up is not None:
+        top[score[cartons, best] < math.cos(math.radians(params.max_top_tilt_deg))] = -1
+    # The median of each top's residuals: sorted, the points off the top last.
+    topped = np.flatnonzero(top >= 0)
+    residuals = _depth_residuals(points[topped], planes[topped, top[topped]][:, None])[:, 0]
+    residuals = np.sort(np.where(owner[topped] == top[topped, None], residuals, np.inf), axis=1)
+    on_top = counts[topped, top[topped]]
+    spread = np.full(len(planes), np.nan)
+    rows = np.arange(len(topped))
+    spread[topped] = 1.4826 * (residuals[rows, (on_top - 1) // 2] + residuals[rows, on_top // 2]) / 2
+    return top, spread
 
 
 def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params) -> np.ndarray:
@@ -547,16 +562,20 @@ def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params
     side's first pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the
     top plane: there, the far half of the tolerance is no longer top.
     """
-    owner = np.full(measured.shape, -1, np.int8)
-    nearest = np.full(measured.shape, np.float32(tolerance))
+    tolerance = np.float32(tolerance)
     for k, plane in enumerate(planes):
         offset = _plane_depth(plane, rays)
         np.subtract(measured, offset, out=offset)  # beyond the plane: positive
-        residual = np.abs(offset)
-        np.copyto(owner, k, where=residual < nearest)
-        np.minimum(nearest, residual, out=nearest)
         if k == top:
             beyond_top = offset > tolerance / 2
+        residual = np.abs(offset, out=offset)
+        if k == 0:
+            owner = np.where(residual < tolerance, np.int8(0), np.int8(-1))
+            nearest = np.minimum(residual, tolerance)
+            continue
+        np.copyto(owner, k, where=residual < nearest)
+        if k < len(planes) - 1:
+            np.minimum(nearest, residual, out=nearest)
     on_top = owner == top
     off_ring = _erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
     np.copyto(owner, -1, where=on_top & beyond_top & ~off_ring)
