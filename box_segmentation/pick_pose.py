@@ -45,6 +45,7 @@ on a noisy camera's. The top's extent takes the tolerance its own points' spread
 """
 
 import enum
+import itertools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -154,7 +155,9 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
     # Missing depth (NaN) and rays parallel to a plane (division by zero) are expected throughout, and their
     # results (NaN, inf) compare false where it matters: one errstate for the frame, not one per small step.
     with np.errstate(divide="ignore", invalid="ignore"):
-        fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, params) for instance in instances]
+        frame_rays = None if intrinsics.distorted else intrinsics.normalised_grid(0, 0, *depth_m.shape[::-1])
+        fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, frame_rays, params)
+                  for instance in instances]
         fitting = [i for i, fit in enumerate(fitted) if not isinstance(fit, CartonPose)]
         poses = list(fitted)
         windows = {}  # carton index: its _TopWindow
@@ -269,8 +272,9 @@ class _Fit(NamedTuple):
     has_depth: np.ndarray
 
 
-def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
-    """The carton's _Fit, or the CartonPose saying why there is too little depth for one."""
+def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | CartonPose":
+    """The carton's _Fit, or the CartonPose saying why there is too little depth for one. frame_rays: the whole
+    image's Intrinsics.normalised_grid without lens distortion (its row and column, sliced here), else None."""
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
     has_depth = depth > 0  # NaN compares false
@@ -282,7 +286,8 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
         return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(measured))
     every = -(-len(measured) // params.max_fit_points)  # evenly spread over the mask
     thin = measured[::every]
-    rays = intrinsics.normalised_grid(x, y, w, h)
+    rays = intrinsics.normalised_grid(x, y, w, h) if frame_rays is None else (frame_rays[0][:, x:x + w],
+                                                                              frame_rays[1][y:y + h])
     z = depth.ravel()[thin]
     ray_x, ray_y = _rays_at(rays, thin, w)
     thinned = np.stack([ray_x * z, ray_y * z, z])
@@ -328,12 +333,14 @@ def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality
     pixels = [np.flatnonzero(owner == k) for k in range(len(planes))]
     every = -(-len(pixels[top]) // params.max_refit_points)
     pixels = [own[::every] for own in pixels]
-    ends = np.cumsum([len(own) for own in pixels])
+    starts = [0, *itertools.accumulate(len(own) for own in pixels)]
     flat = np.concatenate(pixels)
-    z = measured.ravel()[flat]
+    points = np.empty((3, len(flat)), np.float32)
+    z = np.take(measured.ravel(), flat, out=points[2])
     ray_x, ray_y = _rays_at(rays, flat, w)
-    points = np.stack([ray_x * z, ray_y * z, z])
-    top_fit = _Face(*_moments(points[:, ends[top] - len(pixels[top]):ends[top]])) if len(pixels[top]) >= 3 else None
+    np.multiply(ray_x, z, out=points[0])
+    np.multiply(ray_y, z, out=points[1])
+    top_fit = _Face(*_moments(points[:, starts[top]:starts[top + 1]])) if len(pixels[top]) >= 3 else None
     plane = planes[top] if top_fit is None else top_fit.plane()
     square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
     side_fits, seen = [], []
@@ -341,7 +348,7 @@ def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality
         top_fit = top_fit._replace(normal=plane[:3])  # _square_to_sides needs it, and need not fit it again
         for row, k in enumerate(square):
             if len(pixels[k]) * every >= 30:  # a few pixels fix no plane
-                side_fits.append(_Face(*_moments(points[:, ends[k] - len(pixels[k]):ends[k]]), normal=planes[k, :3]))
+                side_fits.append(_Face(*_moments(points[:, starts[k]:starts[k + 1]]), normal=planes[k, :3]))
                 seen.append(row)
     return _TopWindow(quality, mask, has_depth, owner, top, rays, plane, planes[square], top_fit, side_fits, seen)
 
@@ -372,10 +379,10 @@ def _median(values) -> float:
     return float(parted[:middle].max() + parted[middle]) / 2  # (partitioning at both costs twice as much)
 
 
-def _find_faces(point_sets, tolerances, params, rng) -> list:
-    """Per carton, (K, 4) planes n . p + d = 0 with n toward the camera and each point's plane index (-1: on
-    none); (None, None) when no face holds enough points. All cartons at once: their (3, N) points padded to
-    one (C, 3, P) array (zeros past each carton's own: on no plane, as their rays are 0 / 0)."""
+def _find_faces(point_sets, tolerances, params, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The faces of every carton at once, from its (3, N) points: those points padded to one (C, 3, P) float64
+    array (zeros past each carton's own: on no plane, as their rays are 0 / 0); its planes n . p + d = 0 with n
+    toward the camera, (C, max_faces, 4), NaN past the faces found; and each point's plane (C, P), -1 for none."""
     counts = np.array([points.shape[1] for points in point_sets])
     points = np.zeros((len(point_sets), 3, counts.max()), np.float32)
     for padded, own in zip(points, point_sets, strict=True):
@@ -403,21 +410,25 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
         faces[at] += 1
         searching[:] = False
         searching[at] = True
-    planes = _fit_planes(points64, members)
-    planes, owner = _settle_faces(points64, planes, np.arange(params.max_faces) < faces[:, None], tolerances, min_face)
+    products = _point_products(points64)
+    planes = _fit_planes(products, members)
+    planes, owner = _settle_faces(points64, products, planes, np.arange(params.max_faces) < faces[:, None],
+                                  tolerances, min_face)
     return points64, planes, owner
 
 
-def _settle_faces(points, planes, found, tolerances, min_face):
+def _settle_faces(points, products, planes, found, tolerances, min_face):
     """Planes found first take the points along shared edges: give each point to its nearest plane and refit,
     twice; a plane left with fewer than min_face points goes (NaN). Returns the planes and each point's plane."""
     planes = np.where(found[..., None], planes, np.nan)
     shared = np.count_nonzero(found, axis=1) > 1  # a lone plane shares no edge: fitted on its points already
+    shared_points = points[shared]
+    shared_products = _Products(products.origin[shared], products.sums[shared])
     for _ in range(2):
-        owner = _nearest_planes(points[shared], planes[shared], tolerances[shared])
+        owner = _nearest_planes(shared_points, planes[shared], tolerances[shared])
         members = owner[:, None] == np.arange(planes.shape[1])[:, None]
         kept = np.count_nonzero(members, axis=2) >= min_face[shared, None]
-        planes[shared] = np.where(kept[..., None], _fit_planes(points[shared], members), np.nan)
+        planes[shared] = np.where(kept[..., None], _fit_planes(shared_products, members), np.nan)
     return planes, _nearest_planes(points, planes, tolerances)
 
 
@@ -473,25 +484,38 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
     return np.column_stack([normals[chosen, best], offsets[chosen, best]])
 
 
-def _fit_planes(points, members) -> np.ndarray:
-    """(C, K, 4): least-squares planes (n, d), n toward the camera, of float64 points (C, 3, P) on the members
-    (C, K, P) of each (NaN with fewer than 3); from the sums of the points and of their products, taken about each
-    carton's first point (a few decimetres away at most, so float64 sums lose nothing to cancellation), as one
-    batched product."""
+class _Products(NamedTuple):
+    """Each carton's first point (C, 3), and the offsets (C, 3, P) of its points from it followed by their
+    products (C, 6, P) (the _PAIRS), as sums: what _fit_planes sums for any choice of the points."""
+
+    origin: np.ndarray
+    sums: np.ndarray
+
+
+def _point_products(points) -> _Products:
+    """_Products of float64 points (C, 3, P), taken about each carton's first point (a few decimetres away at
+    most, so float64 sums lose nothing to cancellation)."""
     origin = points[:, :, 0].copy()
-    products = np.empty((len(points), 9, points.shape[2]))  # (C, 9, P): the offsets and their products
-    x = products[:, :3]
-    np.subtract(points, origin[..., None], out=x)
+    sums = np.empty((len(points), 9, points.shape[2]))
+    offsets = sums[:, :3]
+    np.subtract(points, origin[..., None], out=offsets)
     for row, (i, j) in enumerate(_PAIRS, start=3):
-        np.multiply(x[:, i], x[:, j], out=products[:, row])
+        np.multiply(offsets[:, i], offsets[:, j], out=sums[:, row])
+    return _Products(origin, sums)
+
+
+def _fit_planes(products, members) -> np.ndarray:
+    """(C, K, 4): least-squares planes (n, d), n toward the camera, of the points (their _Products) on the members
+    (C, K, P) of each (NaN with fewer than 3); from the sums of the points and of their products, as one batched
+    product."""
     count = np.count_nonzero(members, axis=2)
     fitted = count >= 3  # the others: NaN
     count = np.maximum(count, 1)[..., None]
-    sums = members.astype(np.float64) @ np.swapaxes(products, 1, 2) / count  # (C, K, 9): means of the offsets
-    # and of their products
+    sums = members.astype(np.float64) @ np.swapaxes(products.sums, 1, 2) / count  # (C, K, 9): means of the
+    # offsets and of their products
     mean = sums[..., :3]
     scatter = count[..., None] * (sums[..., _SYMMETRIC + 3] - mean[..., :, None] * mean[..., None, :])
-    mean += origin[:, None]
+    mean += products.origin[:, None]
     normal = np.full(mean.shape, np.nan)
     normal[fitted] = _least_spread(scatter[fitted], mean[fitted])
     return np.concatenate([normal, -np.sum(normal * mean, axis=-1, keepdims=True)], axis=-1)
@@ -515,7 +539,10 @@ def _depth_residuals(points, planes) -> np.ndarray:
     explaining anything.
     """
     along = planes[..., :3] @ points
-    return np.abs((along + planes[..., 3:]) / (along / points[..., 2:, :]))  # parallel rays: inf
+    along_rays = along / points[..., 2:, :]
+    along += planes[..., 3:]
+    along /= along_rays  # parallel rays: inf
+    return np.abs(along, out=along)
 
 
 def _top_faces(points, planes, owner, up, params) -> tuple[np.ndarray, np.ndarray]:
@@ -566,11 +593,13 @@ def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params
     """
     tolerance = np.float32(tolerance)
     for k, plane in enumerate(planes):
-        offset = _plane_depth(plane, rays)
-        np.subtract(measured, offset, out=offset)  # beyond the plane: positive
+        residual = _plane_depth(plane, rays)
         if k == top:
-            beyond_top = offset > tolerance / 2
-        residual = np.abs(offset, out=offset)
+            np.subtract(measured, residual, out=residual)  # beyond the plane: positive
+            beyond_top = residual > tolerance / 2
+            np.abs(residual, out=residual)
+        else:
+            cv2.absdiff(measured, residual, dst=residual)  # the same, in one pass
         if k == 0:
             owner = (residual < tolerance).view(np.int8) - np.int8(1)  # 0 where within it, -1 elsewhere
             nearest = np.minimum(residual, tolerance)
@@ -608,7 +637,7 @@ def _top_outline(window, params) -> np.ndarray:
         region &= line[1] * rays[1] <= -(line[0] * rays[0] + line[2])
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
-    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
     # The rectangle around the pieces is the one around their convex hulls, which their outer outlines hold: the
     # ends of each straight run of them where the rays are straight in the image, all of them where lens
     # distortion bends the rays. OpenCV's pieces are 8-connected, as connectedComponents' are.
@@ -714,7 +743,8 @@ def _square_to_sides(tops, sides) -> tuple[np.ndarray, list]:
 def _erode(mask, radius) -> np.ndarray:
     """cv2.erode by a (2 radius + 1)² square, with nothing beyond the window: a mask ends at its window's edge
     (OpenCV's default border would carry it on, so the mask's outermost pixels would never be its edge)."""
-    return cv2.erode(mask, np.ones((2 * radius + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1,) * 2)
+    return cv2.erode(mask, square, borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
@@ -742,9 +772,11 @@ def _plane_depth(plane, rays) -> np.ndarray:
         # n . ray, (n_x x + n_y y) + n_z, at every pixel as one matrix product [n_y y, 1, 1] [1, n_x x, n_z]^T:
         # the same exact products summed in the same order, in a third of the time of the broadcast sum
         # (numpy runs its inner loop once per row).
-        left = np.ones((ray_y.shape[0], 3), np.float32)
+        left = np.empty((ray_y.shape[0], 3), np.float32)
         left[:, 0] = normal[1] * ray_y[:, 0]
-        right = np.ones((3, ray_x.shape[1]), np.float32)
+        left[:, 1:] = 1
+        right = np.empty((3, ray_x.shape[1]), np.float32)
+        right[0] = 1
         right[1] = normal[0] * ray_x[0]
         right[2] = normal[2]
         along = left @ right
