@@ -326,7 +326,8 @@ def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality
     has_depth = mask & fit.has_depth
     # Branch-free masked copies (OpenCV's, and int8 arithmetic below) throughout: numpy's np.where and
     # copyto(where=) take a branch per pixel, several times the time on windows of tens of thousands.
-    measured = cv2.copyTo(depth_m[y:y + h, x:x + w], has_depth.view(np.uint8), np.full((h, w), np.inf, np.float32))
+    depth = depth_m[y:y + h, x:x + w]
+    measured = cv2.copyTo(depth, has_depth.view(np.uint8), np.full((h, w), np.inf, depth.dtype))
     owner = _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params)
     # Each face's pixels, by flat index into the window (a fifth of the cost of (row, column) pairs), thinned
     # alike (so their weights keep their ratio), and their points all at once.
@@ -335,7 +336,7 @@ def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality
     pixels = [own[::every] for own in pixels]
     starts = [0, *itertools.accumulate(len(own) for own in pixels)]
     flat = np.concatenate(pixels)
-    points = np.empty((3, len(flat)), np.float32)
+    points = np.empty((3, len(flat)), measured.dtype)
     z = np.take(measured.ravel(), flat, out=points[2])
     ray_x, ray_y = _rays_at(rays, flat, w)
     np.multiply(ray_x, z, out=points[0])
@@ -591,9 +592,8 @@ def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params
     side's first pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the
     top plane: there, the far half of the tolerance is no longer top.
     """
-    tolerance = np.float32(tolerance)
     for k, plane in enumerate(planes):
-        residual = _plane_depth(plane, rays)
+        residual = _plane_depth(plane, rays).astype(measured.dtype, copy=False)
         if k == top:
             np.subtract(measured, residual, out=residual)  # beyond the plane: positive
             beyond_top = residual > tolerance / 2
@@ -601,8 +601,8 @@ def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params
         else:
             cv2.absdiff(measured, residual, dst=residual)  # the same, in one pass
         if k == 0:
-            owner = (residual < tolerance).view(np.int8) - np.int8(1)  # 0 where within it, -1 elsewhere
-            nearest = np.minimum(residual, tolerance)
+            nearest = np.minimum(residual, np.float32(tolerance)).astype(np.float32, copy=False)
+            owner = (residual < np.float32(tolerance)).view(np.int8) - np.int8(1)  # 0 where within it, -1 elsewhere
             continue
         # k where nearer, unchanged elsewhere: the planes before hold the pixels with indices below k.
         np.maximum(owner, (residual < nearest).view(np.int8) * np.int8(k + 1) - np.int8(1), out=owner)
