@@ -288,9 +288,11 @@ def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | C
     thin = measured[::every]
     rays = intrinsics.normalised_grid(x, y, w, h) if frame_rays is None else (frame_rays[0][:, x:x + w],
                                                                               frame_rays[1][y:y + h])
-    z = depth.ravel()[thin]
+    thinned = np.empty((3, len(thin)), depth.dtype)
+    z = np.take(depth.ravel(), thin, out=thinned[2])
     ray_x, ray_y = _rays_at(rays, thin, w)
-    thinned = np.stack([ray_x * z, ray_y * z, z])
+    np.multiply(ray_x, z, out=thinned[0])
+    np.multiply(ray_y, z, out=thinned[1])
     # Never tighter than the camera's depth step there: quantisation alone spreads a plane's points over it.
     step = params.depth_step_at_1m * _median(z) ** 2
     noise = _depth_noise(depth, on_mask, params.noise_lag_px)
@@ -364,7 +366,9 @@ def _depth_noise(depth, pixels, lag) -> float:
     """
     depth, pixels = depth[::2], pixels[::2]  # every other row is plenty for one number
     inverse = 1 / depth  # inf or NaN on pixels without depth, which `pixels` leaves out
-    second = inverse[:, :-2 * lag] - 2 * inverse[:, lag:-lag] + inverse[:, 2 * lag:]
+    second = inverse[:, lag:-lag] * 2
+    np.subtract(inverse[:, :-2 * lag], second, out=second)
+    second += inverse[:, 2 * lag:]
     inside = pixels[:, :-2 * lag] & pixels[:, lag:-lag] & pixels[:, 2 * lag:]
     if not inside.any():
         return 0.0
@@ -624,6 +628,7 @@ def _top_outline(window, params) -> np.ndarray:
     too wide to fill (glossy tape, dark print) cut it into: every piece counts but specks (min_fragment of it).
     """
     mask, has_depth, plane, rays = window.mask, window.has_depth, window.plane, window.rays
+    straight = rays[0].shape[0] == 1  # the rays a row and a column: no lens distortion
     region = window.owner == window.top
     if np.count_nonzero(has_depth) < np.count_nonzero(mask):  # holes in the depth
         # Labels number the pixels with depth in row-major order: look up whether each one's nearest is top.
@@ -634,14 +639,16 @@ def _top_outline(window, params) -> np.ndarray:
         # Behind the side's outer surface where the pixel's ray r meets the top plane (n, d), at z r with
         # z = -d / (n . r) > 0: s . z r + s_d <= 0, that is (d s - s_d n) . r <= 0, a half-plane of the image.
         line = plane[3] * side[:3] - side[3] * plane[:3]
-        region &= line[1] * rays[1] <= -(line[0] * rays[0] + line[2])
+        if straight:  # (a <= -b exactly when a + b <= 0)
+            region &= _outer_sum(line[1] * rays[1][:, 0], line[0] * rays[0][0] + line[2], 0.0) <= 0
+        else:
+            region &= line[1] * rays[1] <= -(line[0] * rays[0] + line[2])
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
     region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
     # The rectangle around the pieces is the one around their convex hulls, which their outer outlines hold: the
     # ends of each straight run of them where the rays are straight in the image, all of them where lens
     # distortion bends the rays. OpenCV's pieces are 8-connected, as connectedComponents' are.
-    straight = rays[0].shape[0] == 1
     outlines, hierarchy = cv2.findContours(region, cv2.RETR_CCOMP,
                                            cv2.CHAIN_APPROX_SIMPLE if straight else cv2.CHAIN_APPROX_NONE)
     # RETR_CCOMP: each piece's outer outline has no parent (its holes' outlines do).
@@ -657,7 +664,9 @@ def _top_outline(window, params) -> np.ndarray:
         if not outer:  # all specks (more than 1 / min_fragment pieces)
             return np.zeros((0, 3))
     columns, rows = np.concatenate(outer).T
-    return _ray_points(*_rays_at(rays, rows * mask.shape[1] + columns, mask.shape[1]), plane)
+    if straight:
+        return _ray_points(rays[0][0, columns], rays[1][rows, 0], plane)
+    return _ray_points(rays[0][rows, columns], rays[1][rows, columns], plane)
 
 
 class _Face(NamedTuple):
@@ -769,20 +778,25 @@ def _plane_depth(plane, rays) -> np.ndarray:
     normal = plane[:3].astype(np.float32)
     ray_x, ray_y = rays
     if ray_x.shape[0] == 1:  # a row and a column
-        # n . ray, (n_x x + n_y y) + n_z, at every pixel as one matrix product [n_y y, 1, 1] [1, n_x x, n_z]^T:
-        # the same exact products summed in the same order, in a third of the time of the broadcast sum
-        # (numpy runs its inner loop once per row).
-        left = np.empty((ray_y.shape[0], 3), np.float32)
-        left[:, 0] = normal[1] * ray_y[:, 0]
-        left[:, 1:] = 1
-        right = np.empty((3, ray_x.shape[1]), np.float32)
-        right[0] = 1
-        right[1] = normal[0] * ray_x[0]
-        right[2] = normal[2]
-        along = left @ right
+        along = _outer_sum(normal[1] * ray_y[:, 0], normal[0] * ray_x[0], normal[2])
     else:
         along = normal[0] * ray_x + normal[1] * ray_y + normal[2]
     return np.divide(np.float32(-plane[3]), along, out=along)
+
+
+def _outer_sum(column, row, constant) -> np.ndarray:
+    """(h, w): (column_i + row_j) + constant of an (h,) and a (w,) array, as one matrix product [column, 1, 1]
+    [1, row, constant]^T: the same exact products summed in the same order, in a third of the time of numpy's
+    broadcast sum (which runs its inner loop once per row)."""
+    dtype = np.result_type(column, row, constant)
+    left = np.empty((len(column), 3), dtype)
+    left[:, 0] = column
+    left[:, 1:] = 1
+    right = np.empty((3, len(row)), dtype)
+    right[0] = 1
+    right[1] = row
+    right[2] = constant
+    return left @ right
 
 
 def _face_rectangles(point_sets, planes, intrinsics) -> list:
