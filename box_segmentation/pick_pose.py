@@ -456,10 +456,14 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
     All cartons and all hypotheses at once: each carton's hypotheses are scored on ransac_points of its
     candidates (drawn with replacement), as one batched product.
     """
+    cartons, size = len(points), points.shape[2]
+
     def drawn(shape):  # (C, 3, *shape): candidate points drawn at random
-        picks = (rng.random((len(points), *shape)) * counts.reshape(-1, *(1,) * len(shape))).astype(np.int64)
-        indices = np.take_along_axis(candidates, picks.reshape(len(points), -1), axis=1)
-        return np.take_along_axis(points, indices[:, None], axis=2).reshape(len(points), 3, *shape)
+        picks = (rng.random((cartons, *shape)) * counts.reshape(-1, *(1,) * len(shape))).astype(np.int64)
+        # Flat indices: np.take costs half of what take_along_axis does.
+        indices = np.take(candidates, picks.reshape(cartons, -1) + np.arange(0, cartons * size, size)[:, None])
+        flat = indices[:, None] + np.arange(0, 3 * cartons * size, size).reshape(cartons, 3, 1)
+        return np.take(points, flat).reshape(cartons, 3, *shape)
 
     triples = drawn((params.ransac_iterations, 3))  # (C, 3, I, 3)
     scored = drawn((params.ransac_points,))  # (C, 3, S)
@@ -678,8 +682,11 @@ class _Face(NamedTuple):
     scatter: np.ndarray
     normal: np.ndarray | None = None
 
+    def fitted_normal(self) -> np.ndarray:
+        return self.normal if self.normal is not None else _least_spread(self.scatter, self.mean)
+
     def plane(self) -> np.ndarray:
-        normal = self.normal if self.normal is not None else _least_spread(self.scatter, self.mean)
+        normal = self.fitted_normal()
         return np.concatenate([normal, [-normal @ self.mean]])
 
 
@@ -725,7 +732,7 @@ def _square_to_sides(tops, sides) -> tuple[np.ndarray, list]:
     counts = np.array([[face.count for face in own] for own in faces])
     scatters = np.array([[face.scatter for face in own] for own in faces])
     means = np.array([[face.mean for face in own] for own in faces])
-    normals = np.array([[own[0].plane()[:3], *(face.normal for face in own[1:])] for own in faces])
+    normals = np.array([[face.fitted_normal() for face in own] for own in faces])
     normal = normals[:, 0]
     x_axis = _units(normals[:, 1] - np.sum(normals[:, 1] * normal, axis=1, keepdims=True) * normal)
     box = np.stack([x_axis, _crosses(normal, x_axis), normal], axis=2)  # columns: each box's axes
@@ -803,12 +810,16 @@ def _face_rectangles(point_sets, planes, intrinsics) -> list:
     """Pick point, rotation, length and width of the minimum-area rectangle around each set of points (N, 3) on
     its plane (B, 4): OpenCV's rectangle for each, the geometry around it for all at once."""
     normal = planes[:, :3]
-    origins = np.array([np.ones(len(points)) @ points / len(points) for points in point_sets])  # as in _scatter
+    sizes = [len(points) for points in point_sets]
+    points = np.concatenate(point_sets)
+    origins = np.add.reduceat(points, [0, *itertools.accumulate(sizes[:-1])]) / np.array(sizes)[:, None]
     e1 = _units(np.array([1.0, 0.0, 0.0]) - normal[:, :1] * normal)  # camera x laid onto the plane
     e2 = _crosses(normal, e1)
+    offsets = points - np.repeat(origins, sizes, axis=0)
+    in_plane = np.stack([np.sum(offsets * np.repeat(axis, sizes, axis=0), axis=1) for axis in (e1, e2)], axis=1)
     centres, corners = [], []
-    for points, origin, axes in zip(point_sets, origins, np.stack([e1, e2], axis=1), strict=True):
-        rect = cv2.minAreaRect(((points - origin) @ axes.T).astype(np.float32))
+    for own in np.split(in_plane.astype(np.float32), list(itertools.accumulate(sizes[:-1]))):
+        rect = cv2.minAreaRect(own)
         centres.append(rect[0])
         corners.append(cv2.boxPoints(rect))
     centres, corners = np.array(centres), np.array(corners, np.float64)
