@@ -14,7 +14,8 @@ centre at integer (u, v), as CameraInfo's K does, so pixel (u, v) with depth Z i
 are Instance roi + cropped mask (msg/BoxMask.msg). `up` is gravity-up expressed in the camera frame (the world
 z axis, from TF), or None when unknown.
 
-One carton (estimate_poses; step 2 runs for all cartons of the frame at once, in batched arrays):
+One carton (estimate_poses; steps 2 and 3, and step 4's refit and rectangle, run for all cartons of the frame at
+once, in batched arrays):
 1. Points: the depth pixels of the mask eroded by erode_px (mask edges mix carton, neighbour and background
    depth), thinned to max_fit_points. Too few of them: POSE_SPARSE_DEPTH.
 2. Faces: an SCD-style mask shows a carton's top and up to two sides, so planes are found one after another
@@ -288,7 +289,7 @@ def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | C
     thin = measured[::every]
     rays = intrinsics.normalised_grid(x, y, w, h) if frame_rays is None else (frame_rays[0][:, x:x + w],
                                                                               frame_rays[1][y:y + h])
-    thinned = np.empty((3, len(thin)), depth.dtype)
+    thinned = np.empty((3, len(thin)), np.result_type(depth, rays[0]))
     z = np.take(depth.ravel(), thin, out=thinned[2])
     ray_x, ray_y = _rays_at(rays, thin, w)
     np.multiply(ray_x, z, out=thinned[0])
@@ -428,7 +429,7 @@ def _settle_faces(points, products, planes, found, tolerances, min_face):
     planes = np.where(found[..., None], planes, np.nan)
     shared = np.count_nonzero(found, axis=1) > 1  # a lone plane shares no edge: fitted on its points already
     shared_points = points[shared]
-    shared_products = _Products(products.origin[shared], products.sums[shared])
+    shared_products = _Products(products.origin[shared], products.terms[shared])
     for _ in range(2):
         owner = _nearest_planes(shared_points, planes[shared], tolerances[shared])
         members = owner[:, None] == np.arange(planes.shape[1])[:, None]
@@ -475,7 +476,7 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
     offsets = -np.sum(normals * np.swapaxes(triples[..., 0], 1, 2), axis=2)
     # Depth residual |n . p + d| / |n . ray| below the tolerance, with ray = p / z: |n . p + d| z < tolerance
     # |n . p|, (cartons, I, S) at once from one batched product; a few cartons at a time, so that the arrays stay
-    # in the CPU's cache (all fifty cartons' at once take three times as long).
+    # in the CPU's cache (fifty cartons' all at once take a third longer).
     support = np.empty(normals.shape[:2], np.int32)
     for start in range(0, len(points), 8):
         part = slice(start, start + 8)
@@ -495,22 +496,22 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
 
 class _Products(NamedTuple):
     """Each carton's first point (C, 3), and the offsets (C, 3, P) of its points from it followed by their
-    products (C, 6, P) (the _PAIRS), as sums: what _fit_planes sums for any choice of the points."""
+    products (C, 6, P) (the _PAIRS): the terms _fit_planes sums, whichever points it fits."""
 
     origin: np.ndarray
-    sums: np.ndarray
+    terms: np.ndarray
 
 
 def _point_products(points) -> _Products:
     """_Products of float64 points (C, 3, P), taken about each carton's first point (a few decimetres away at
     most, so float64 sums lose nothing to cancellation)."""
     origin = points[:, :, 0].copy()
-    sums = np.empty((len(points), 9, points.shape[2]))
-    offsets = sums[:, :3]
+    terms = np.empty((len(points), 9, points.shape[2]))
+    offsets = terms[:, :3]
     np.subtract(points, origin[..., None], out=offsets)
     for row, (i, j) in enumerate(_PAIRS, start=3):
-        np.multiply(offsets[:, i], offsets[:, j], out=sums[:, row])
-    return _Products(origin, sums)
+        np.multiply(offsets[:, i], offsets[:, j], out=terms[:, row])
+    return _Products(origin, terms)
 
 
 def _fit_planes(products, members) -> np.ndarray:
@@ -520,7 +521,7 @@ def _fit_planes(products, members) -> np.ndarray:
     count = np.count_nonzero(members, axis=2)
     fitted = count >= 3  # the others: NaN
     count = np.maximum(count, 1)[..., None]
-    sums = members.astype(np.float64) @ np.swapaxes(products.sums, 1, 2) / count  # (C, K, 9): means of the
+    sums = members.astype(np.float64) @ np.swapaxes(products.terms, 1, 2) / count  # (C, K, 9): means of the
     # offsets and of their products
     mean = sums[..., :3]
     scatter = count[..., None] * (sums[..., _SYMMETRIC + 3] - mean[..., :, None] * mean[..., None, :])
