@@ -193,7 +193,7 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
                 window.plane = plane
                 window.sides[window.seen] = own_sides[:len(window.seen)]
         outlines = {i: _top_outline(window, params) for i, window in windows.items()}
-        framed = [i for i, outline in outlines.items() if len(outline) >= 3]
+        framed = [i for i, (outline_x, _) in outlines.items() if len(outline_x) >= 3]
         for i in outlines.keys() - framed:  # the creases cut the whole face away: the planes are no box's
             poses[i] = CartonPose(PoseStatus.POOR_FIT, windows[i].quality, fitted[i].points)
         if framed:
@@ -623,9 +623,9 @@ def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params
     return owner
 
 
-def _top_outline(window, params) -> np.ndarray:
-    """(N, 3) points where the rays of the window's top-face pixels on the outlines of its pieces meet its top
-    plane: exact, free of depth noise.
+def _top_outline(window, params) -> tuple[np.ndarray, np.ndarray]:
+    """The rays (x, y) of the window's top-face pixels on the outlines of its pieces: where they meet its top plane
+    (_face_rectangles) is the face's outline, exact and free of depth noise.
 
     Pixels without depth (holes, sensor shadows) within fill_px of one with it go with the nearest such, so the
     face reaches the mask's edge. The top face ends where a side begins: points beyond a plane square to the top
@@ -658,7 +658,7 @@ def _top_outline(window, params) -> np.ndarray:
                                            cv2.CHAIN_APPROX_SIMPLE if straight else cv2.CHAIN_APPROX_NONE)
     # RETR_CCOMP: each piece's outer outline has no parent (its holes' outlines do).
     if not outlines:  # nothing, or nothing but spurs
-        return np.zeros((0, 3))
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
     outer = [outline[:, 0] for outline, links in zip(outlines, hierarchy[0], strict=True) if links[3] < 0]
     if len(outer) > 1:  # more than one piece: drop the specks
         _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
@@ -667,11 +667,11 @@ def _top_outline(window, params) -> np.ndarray:
         kept = areas >= params.min_fragment * areas.sum()
         outer = [outline for outline in outer if kept[labels[outline[0, 1], outline[0, 0]]]]
         if not outer:  # all specks (more than 1 / min_fragment pieces)
-            return np.zeros((0, 3))
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
     columns, rows = np.concatenate(outer).T
     if straight:
-        return _ray_points(rays[0][0, columns], rays[1][rows, 0], plane)
-    return _ray_points(rays[0][rows, columns], rays[1][rows, columns], plane)
+        return rays[0][0, columns], rays[1][rows, 0]
+    return rays[0][rows, columns], rays[1][rows, columns]
 
 
 class _Face(NamedTuple):
@@ -774,12 +774,6 @@ def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
     return ray_x.ravel()[pixels], ray_y.ravel()[pixels]
 
 
-def _ray_points(x, y, plane) -> np.ndarray:
-    """(N, 3) where the rays (x, y, 1) meet the plane n . p + d = 0."""
-    z = -plane[3] / (plane[0] * x + plane[1] * y + plane[2])
-    return np.stack([x * z, y * z, z], axis=1)
-
-
 def _plane_depth(plane, rays) -> np.ndarray:
     """Depth at which each pixel's ray (x, y, 1) meets the plane n . p + d = 0: -d / (n . ray); inf or negative
     where it never does (rays parallel to the plane, or meeting it behind the camera)."""
@@ -807,12 +801,16 @@ def _outer_sum(column, row, constant) -> np.ndarray:
     return left @ right
 
 
-def _face_rectangles(point_sets, planes, intrinsics) -> list:
-    """Pick point, rotation, length and width of the minimum-area rectangle around each set of points (N, 3) on
-    its plane (B, 4): OpenCV's rectangle for each, the geometry around it for all at once."""
+def _face_rectangles(ray_sets, planes, intrinsics) -> list:
+    """Pick point, rotation, length and width of the minimum-area rectangle around the points where each set of
+    rays (x, y, 1) (two (N,) arrays) meets its plane n . p + d = 0 (B, 4): OpenCV's rectangle for each, the
+    geometry around it for all at once."""
     normal = planes[:, :3]
-    sizes = [len(points) for points in point_sets]
-    points = np.concatenate(point_sets)
+    sizes = [len(x) for x, _ in ray_sets]
+    x, y = (np.concatenate([rays[axis] for rays in ray_sets]) for axis in (0, 1))
+    plane = np.repeat(planes, sizes, axis=0)
+    z = -plane[:, 3] / (plane[:, 0] * x + plane[:, 1] * y + plane[:, 2])
+    points = np.stack([x * z, y * z, z], axis=1)
     origins = np.add.reduceat(points, [0, *itertools.accumulate(sizes[:-1])]) / np.array(sizes)[:, None]
     e1 = _units(np.array([1.0, 0.0, 0.0]) - normal[:, :1] * normal)  # camera x laid onto the plane
     e2 = _crosses(normal, e1)
