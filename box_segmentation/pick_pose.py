@@ -176,13 +176,13 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
             for c, (i, fit) in enumerate(zip(fitting, fits, strict=True)):
                 found = ~np.isnan(planes[c, :, 0])
                 if not found.any() or quality[c] < params.min_quality:
-                    poses[i] = CartonPose(PoseStatus.POOR_FIT, quality[c], fit.points)
+                    poses[i] = CartonPose(PoseStatus.POOR_FIT, float(quality[c]), fit.points)
                 elif top[c] < 0:
-                    poses[i] = CartonPose(PoseStatus.NO_TOP_FACE, quality[c], fit.points)
+                    poses[i] = CartonPose(PoseStatus.NO_TOP_FACE, float(quality[c]), fit.points)
                 else:
                     windows[i] = _top_window(instances[i].roi, instances[i].mask, depth_m, params, fit,
                                              planes[c, found], np.count_nonzero(found[:top[c]]), tolerances[c],
-                                             quality[c])
+                                             float(quality[c]))
         # The tops held square to their sides and framed by their rectangles, all cartons at once: each is a few
         # dozen operations on 3x3 matrices, which cost the same for one carton as for fifty.
         squared = [window for window in windows.values() if window.side_fits]
@@ -335,7 +335,7 @@ def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality
     # Each face's pixels, by flat index into the window (a fifth of the cost of (row, column) pairs), thinned
     # alike (so their weights keep their ratio), and their points all at once.
     pixels = [np.flatnonzero(owner == k) for k in range(len(planes))]
-    every = -(-len(pixels[top]) // params.max_refit_points)
+    every = max(-(-len(pixels[top]) // params.max_refit_points), 1)  # (a top without pixels fits nothing below)
     pixels = [own[::every] for own in pixels]
     starts = [0, *itertools.accumulate(len(own) for own in pixels)]
     flat = np.concatenate(pixels)
