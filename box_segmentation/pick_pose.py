@@ -180,9 +180,11 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
                 elif top[c] < 0:
                     poses[i] = CartonPose(PoseStatus.NO_TOP_FACE, float(quality[c]), fit.points)
                 else:
+                    # Python numbers: numpy's own scalars would turn the window's float32 and int8 arrays
+                    # they meet into float64 and int64 ones.
                     windows[i] = _top_window(instances[i].roi, instances[i].mask, depth_m, params, fit,
-                                             planes[c, found], np.count_nonzero(found[:top[c]]), tolerances[c],
-                                             float(quality[c]))
+                                             planes[c, found], int(np.count_nonzero(found[:top[c]])),
+                                             float(tolerances[c]), float(quality[c]))
         # The tops held square to their sides and framed by their rectangles, all cartons at once: each is a few
         # dozen operations on 3x3 matrices, which cost the same for one carton as for fifty.
         squared = [window for window in windows.values() if window.side_fits]
