@@ -597,7 +597,7 @@ def _top_faces(points, planes, owner, up, params) -> tuple[np.ndarray, np.ndarra
 
 def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params) -> np.ndarray:
     """(h, w) int8: each window pixel's face, its index in planes, or -1 for none. Whole-window arrays throughout:
-    a plane's depth at every pixel of the window is one broadcast expression.
+    a plane's depth at every pixel of the window is one product of its rays (_plane_depth).
 
     Pixels with depth (measured: their depth, inf elsewhere) belong to their nearest plane, or to none when off
     every plane. Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a
@@ -679,7 +679,7 @@ def _top_outline(window, params) -> tuple[np.ndarray, np.ndarray]:
 
 class _Face(NamedTuple):
     """A face's pixel points by their count, mean and scatter matrix (sum of outer products about the mean), and
-    the normal of a plane fitted to them (toward the camera), which `plane` finds when not given."""
+    the normal of a plane fitted to them (toward the camera), which `fitted_normal` finds when not given."""
 
     count: int
     mean: np.ndarray
