@@ -14,7 +14,8 @@ centre at integer (u, v), as CameraInfo's K does, so pixel (u, v) with depth Z i
 are Instance roi + cropped mask (msg/BoxMask.msg). `up` is gravity-up expressed in the camera frame (the world
 z axis, from TF), or None when unknown.
 
-One carton (estimate_poses; step 2 runs for all cartons of the frame at once, in batched arrays):
+One carton (estimate_poses; steps 2 and 3, and step 4's refit and rectangle, run for all cartons of the frame at
+once, in batched arrays):
 1. Points: the depth pixels of the mask eroded by erode_px (mask edges mix carton, neighbour and background
    depth), thinned to max_fit_points. Too few of them: POSE_SPARSE_DEPTH.
 2. Faces: an SCD-style mask shows a carton's top and up to two sides, so planes are found one after another
@@ -45,6 +46,7 @@ on a noisy camera's. The top's extent takes the tolerance its own points' spread
 """
 
 import enum
+import itertools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -154,14 +156,54 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
     # Missing depth (NaN) and rays parallel to a plane (division by zero) are expected throughout, and their
     # results (NaN, inf) compare false where it matters: one errstate for the frame, not one per small step.
     with np.errstate(divide="ignore", invalid="ignore"):
-        fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, params) for instance in instances]
+        frame_rays = None if intrinsics.distorted else intrinsics.normalised_grid(0, 0, *depth_m.shape[::-1])
+        fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, frame_rays, params)
+                  for instance in instances]
         fitting = [i for i, fit in enumerate(fitted) if not isinstance(fit, CartonPose)]
-        faces = _find_faces([fitted[i].thinned for i in fitting], np.array([fitted[i].tolerance for i in fitting]),
-                            params, rng)
         poses = list(fitted)
-        for i, (planes, owner) in zip(fitting, faces, strict=True):
-            poses[i] = _carton_pose(instances[i].roi, instances[i].mask, depth_m, intrinsics, params, up,
-                                    fitted[i], planes, owner)
+        windows = {}  # carton index: its _TopWindow
+        if fitting:
+            fits = [fitted[i] for i in fitting]
+            tolerances = np.array([fit.tolerance for fit in fits])
+            points, planes, owner = _find_faces([fit.thinned for fit in fits], tolerances, params, rng)
+            quality = np.count_nonzero(owner >= 0, axis=1) / np.array([fit.thinned.shape[1] for fit in fits])
+            top, spread = _top_faces(points, planes, owner, up, params)
+            # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the
+            # top's extent takes only what that spread (or the depth step) explains, so a side's first pixels stay
+            # off it.
+            tolerances = np.minimum(tolerances, np.maximum(
+                params.inlier_sigmas * spread, np.maximum([fit.step for fit in fits], params.min_inlier_distance)))
+            for c, (i, fit) in enumerate(zip(fitting, fits, strict=True)):
+                found = ~np.isnan(planes[c, :, 0])
+                if not found.any() or quality[c] < params.min_quality:
+                    poses[i] = CartonPose(PoseStatus.POOR_FIT, float(quality[c]), fit.points)
+                elif top[c] < 0:
+                    poses[i] = CartonPose(PoseStatus.NO_TOP_FACE, float(quality[c]), fit.points)
+                else:
+                    # Python numbers: numpy's own scalars would turn the window's float32 and int8 arrays
+                    # they meet into float64 and int64 ones.
+                    windows[i] = _top_window(instances[i].roi, instances[i].mask, depth_m, params, fit,
+                                             planes[c, found], int(np.count_nonzero(found[:top[c]])),
+                                             float(tolerances[c]), float(quality[c]))
+        # The tops held square to their sides and framed by their rectangles, all cartons at once: each is a few
+        # dozen operations on 3x3 matrices, which cost the same for one carton as for fifty.
+        squared = [window for window in windows.values() if window.side_fits]
+        if squared:
+            tops, sides = _square_to_sides([window.top_fit for window in squared],
+                                           [window.side_fits for window in squared])
+            for window, plane, own_sides in zip(squared, tops, sides, strict=True):
+                window.plane = plane
+                window.sides[window.seen] = own_sides[:len(window.seen)]
+        outlines = {i: _top_outline(window, params) for i, window in windows.items()}
+        framed = [i for i, (outline_x, _) in outlines.items() if len(outline_x) >= 3]
+        for i in outlines.keys() - framed:  # the creases cut the whole face away: the planes are no box's
+            poses[i] = CartonPose(PoseStatus.POOR_FIT, windows[i].quality, fitted[i].points)
+        if framed:
+            rectangles = _face_rectangles([outlines[i] for i in framed], np.array([windows[i].plane for i in framed]),
+                                          intrinsics)
+            for i, (position, rotation, length, width) in zip(framed, rectangles, strict=True):
+                poses[i] = CartonPose(PoseStatus.OK, windows[i].quality, fitted[i].points, position, rotation, length,
+                                      width)
     return poses
 
 
@@ -222,22 +264,24 @@ def quaternion_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, f
 
 class _Fit(NamedTuple):
     """A carton's depth points: how many on its eroded mask, those few to fit planes to ((3, N) float32, rows x,
-    y, z), the inlier distance, the camera's depth step there, and its window's pixel rays
-    (Intrinsics.normalised_grid)."""
+    y, z), the inlier distance, the camera's depth step there, its window's pixel rays (Intrinsics.normalised_grid)
+    and which of the window's pixels have depth."""
 
     points: int
     thinned: np.ndarray
     tolerance: float
     step: float
     rays: tuple
+    has_depth: np.ndarray
 
 
-def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
-    """The carton's _Fit, or the CartonPose saying why there is too little depth for one."""
+def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | CartonPose":
+    """The carton's _Fit, or the CartonPose saying why there is too little depth for one. frame_rays: the whole
+    image's Intrinsics.normalised_grid without lens distortion (its row and column, sliced here), else None."""
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
     has_depth = depth > 0  # NaN compares false
-    eroded = _erode(mask, params.erode_px).astype(bool)
+    eroded = _erode(mask, params.erode_px).view(bool)  # Instance.mask holds 0 and 1
     on_mask = eroded & has_depth
     # Flat indices throughout: a fifth of the cost of (row, column) pairs on windows this small.
     measured = np.flatnonzero(on_mask)
@@ -245,36 +289,74 @@ def _fit_points(roi, mask, depth_m, intrinsics, params) -> "_Fit | CartonPose":
         return CartonPose(PoseStatus.SPARSE_DEPTH, points=len(measured))
     every = -(-len(measured) // params.max_fit_points)  # evenly spread over the mask
     thin = measured[::every]
-    rays = intrinsics.normalised_grid(x, y, w, h)
-    z = depth.ravel()[thin]
+    rays = intrinsics.normalised_grid(x, y, w, h) if frame_rays is None else (frame_rays[0][:, x:x + w],
+                                                                              frame_rays[1][y:y + h])
+    thinned = np.empty((3, len(thin)), np.result_type(depth, rays[0]))
+    z = np.take(depth.ravel(), thin, out=thinned[2])
     ray_x, ray_y = _rays_at(rays, thin, w)
-    thinned = np.stack([ray_x * z, ray_y * z, z])
+    np.multiply(ray_x, z, out=thinned[0])
+    np.multiply(ray_y, z, out=thinned[1])
     # Never tighter than the camera's depth step there: quantisation alone spreads a plane's points over it.
     step = params.depth_step_at_1m * _median(z) ** 2
     noise = _depth_noise(depth, on_mask, params.noise_lag_px)
     tolerance = min(max(params.inlier_sigmas * noise, step, params.min_inlier_distance), params.max_inlier_distance)
-    return _Fit(len(measured), thinned, tolerance, step, rays)
+    return _Fit(len(measured), thinned, tolerance, step, rays, has_depth)
 
 
-def _carton_pose(roi, mask, depth_m, intrinsics, params, up, fit, planes, owner):
-    """The pose from the faces found on the carton's fitting points."""
-    quality = np.count_nonzero(owner >= 0) / len(owner) if planes is not None else 0.0
-    if planes is None or quality < params.min_quality:
-        return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
-    top = _top_face(planes, fit.thinned, owner, up, params)
-    if top is None:
-        return CartonPose(PoseStatus.NO_TOP_FACE, quality, fit.points)
-    # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the top's
-    # extent takes only what that spread (or the depth step) explains, so a side's first pixels stay off it.
-    spread = 1.4826 * _median(_depth_residuals(fit.thinned[:, owner == top], planes[top][None])[0])
-    tolerance = min(fit.tolerance, max(params.inlier_sigmas * spread, fit.step, params.min_inlier_distance))
+@dataclass
+class _TopWindow:
+    """A carton's mask window with each pixel given to its nearest face (owner: plane index, -1 none), its top's
+    plane refitted on the top's pixels, the side planes square to it, and those sides' pixels (side_fits, the
+    rows `seen` of sides) that hold the top square to them (_square_to_sides, all cartons at once)."""
+
+    quality: float
+    mask: np.ndarray
+    has_depth: np.ndarray
+    owner: np.ndarray
+    top: int
+    rays: tuple
+    plane: np.ndarray
+    sides: np.ndarray
+    top_fit: "_Face | None"
+    side_fits: list
+    seen: list
+
+
+def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality) -> _TopWindow:
+    """The carton's _TopWindow: its faces' planes (K, 4), planes[top] its top face, tolerance the inlier distance
+    of the top's extent."""
     x, y, w, h = roi
-    face, plane = _top_face_points(mask.astype(bool), depth_m[y:y + h, x:x + w], planes, top, tolerance, fit.rays,
-                                   params)
-    if len(face) < 3:  # the creases cut the whole face away: the planes are no box's
-        return CartonPose(PoseStatus.POOR_FIT, quality, fit.points)
-    position, rotation, length, width = _face_rectangle(face, plane, intrinsics)
-    return CartonPose(PoseStatus.OK, quality, fit.points, position, rotation, length, width)
+    mask = mask.view(bool)  # Instance.mask holds 0 and 1
+    rays = fit.rays
+    has_depth = mask & fit.has_depth
+    # Branch-free masked copies (OpenCV's, and int8 arithmetic below) throughout: numpy's np.where and
+    # copyto(where=) take a branch per pixel, several times the time on windows of tens of thousands.
+    depth = depth_m[y:y + h, x:x + w]
+    measured = cv2.copyTo(depth, has_depth.view(np.uint8), np.full((h, w), np.inf, depth.dtype))
+    owner = _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params)
+    # Each face's pixels, by flat index into the window (a fifth of the cost of (row, column) pairs), thinned
+    # alike (so their weights keep their ratio), and their points all at once.
+    pixels = [np.flatnonzero(owner == k) for k in range(len(planes))]
+    every = max(-(-len(pixels[top]) // params.max_refit_points), 1)  # (a top without pixels fits nothing below)
+    pixels = [own[::every] for own in pixels]
+    starts = [0, *itertools.accumulate(len(own) for own in pixels)]
+    flat = np.concatenate(pixels)
+    points = np.empty((3, len(flat)), measured.dtype)
+    z = np.take(measured.ravel(), flat, out=points[2])
+    ray_x, ray_y = _rays_at(rays, flat, w)
+    np.multiply(ray_x, z, out=points[0])
+    np.multiply(ray_y, z, out=points[1])
+    top_fit = _Face(*_moments(points[:, starts[top]:starts[top + 1]])) if len(pixels[top]) >= 3 else None
+    plane = planes[top] if top_fit is None else top_fit.plane()
+    square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
+    side_fits, seen = [], []
+    if top_fit is not None:
+        top_fit = top_fit._replace(normal=plane[:3])  # _square_to_sides needs it, and need not fit it again
+        for row, k in enumerate(square):
+            if len(pixels[k]) * every >= 30:  # a few pixels fix no plane
+                side_fits.append(_Face(*_moments(points[:, starts[k]:starts[k + 1]]), normal=planes[k, :3]))
+                seen.append(row)
+    return _TopWindow(quality, mask, has_depth, owner, top, rays, plane, planes[square], top_fit, side_fits, seen)
 
 
 def _depth_noise(depth, pixels, lag) -> float:
@@ -287,7 +369,9 @@ def _depth_noise(depth, pixels, lag) -> float:
     """
     depth, pixels = depth[::2], pixels[::2]  # every other row is plenty for one number
     inverse = 1 / depth  # inf or NaN on pixels without depth, which `pixels` leaves out
-    second = inverse[:, :-2 * lag] - 2 * inverse[:, lag:-lag] + inverse[:, 2 * lag:]
+    second = inverse[:, lag:-lag] * 2
+    np.subtract(inverse[:, :-2 * lag], second, out=second)
+    second += inverse[:, 2 * lag:]
     inside = pixels[:, :-2 * lag] & pixels[:, lag:-lag] & pixels[:, 2 * lag:]
     if not inside.any():
         return 0.0
@@ -297,20 +381,21 @@ def _depth_noise(depth, pixels, lag) -> float:
 def _median(values) -> float:
     """Median of a 1-D array: np.median's checks cost five times the selection itself on a few hundred values."""
     middle = len(values) // 2
+    parted = np.partition(values, middle)
     if len(values) % 2:
-        return float(np.partition(values, middle)[middle])
-    lower, upper = np.partition(values, (middle - 1, middle))[middle - 1:middle + 1]
-    return float(lower + upper) / 2
+        return float(parted[middle])
+    return float(parted[:middle].max() + parted[middle]) / 2  # (partitioning at both costs twice as much)
 
 
-def _find_faces(point_sets, tolerances, params, rng) -> list:
-    """Per carton, (K, 4) planes n . p + d = 0 with n toward the camera and each point's plane index (-1: on
-    none); (None, None) when no face holds enough points. All cartons at once: their (3, N) points padded to
-    one (C, 3, P) array (zeros past each carton's own: on no plane, as their rays are 0 / 0)."""
+def _find_faces(point_sets, tolerances, params, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The faces of every carton at once, from its (3, N) points: those points padded to one (C, 3, P) float64
+    array (zeros past each carton's own: on no plane, as their rays are 0 / 0); its planes n . p + d = 0 with n
+    toward the camera, (C, max_faces, 4), NaN past the faces found; and each point's plane (C, P), -1 for none."""
     counts = np.array([points.shape[1] for points in point_sets])
     points = np.zeros((len(point_sets), 3, counts.max()), np.float32)
     for padded, own in zip(points, point_sets, strict=True):
         padded[:, :own.shape[1]] = own
+    points64 = points.astype(np.float64)  # what the residuals and fits compute in, once
     tolerances = np.asarray(tolerances)[:, None, None]
     min_face = np.maximum(3, params.min_face_fraction * counts)
     unexplained = np.arange(points.shape[2]) < counts[:, None]
@@ -325,7 +410,7 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
         # Each carton's unexplained points first, in order: RANSAC draws among them.
         candidates = np.argsort(~unexplained[at], axis=1, kind="stable")
         found = _ransac_planes(points[at], candidates, left[at], tolerances[at], params, rng)
-        on_plane = unexplained[at] & (_depth_residuals(points[at], found[:, None])[:, 0] < tolerances[at, 0])
+        on_plane = unexplained[at] & (_depth_residuals(points64[at], found[:, None])[:, 0] < tolerances[at, 0])
         held = np.count_nonzero(on_plane, axis=1) >= min_face[at]
         at, on_plane = at[held], on_plane[held]
         members[at, face] = on_plane
@@ -333,27 +418,25 @@ def _find_faces(point_sets, tolerances, params, rng) -> list:
         faces[at] += 1
         searching[:] = False
         searching[at] = True
-    planes = _fit_planes(points, members)
-    planes, owner = _settle_faces(points, planes, np.arange(params.max_faces) < faces[:, None], tolerances, min_face)
-    found = []
-    for own_planes, own_owner, count in zip(planes, owner, counts, strict=True):
-        kept = ~np.isnan(own_planes[:, 0])
-        renumber = np.cumsum(kept) - 1
-        found.append((own_planes[kept], np.where(own_owner[:count] >= 0, renumber[own_owner[:count]], -1))
-                     if kept.any() else (None, None))
-    return found
+    products = _point_products(points64)
+    planes = _fit_planes(products, members)
+    planes, owner = _settle_faces(points64, products, planes, np.arange(params.max_faces) < faces[:, None],
+                                  tolerances, min_face)
+    return points64, planes, owner
 
 
-def _settle_faces(points, planes, found, tolerances, min_face):
+def _settle_faces(points, products, planes, found, tolerances, min_face):
     """Planes found first take the points along shared edges: give each point to its nearest plane and refit,
     twice; a plane left with fewer than min_face points goes (NaN). Returns the planes and each point's plane."""
     planes = np.where(found[..., None], planes, np.nan)
     shared = np.count_nonzero(found, axis=1) > 1  # a lone plane shares no edge: fitted on its points already
+    shared_points = points[shared]
+    shared_products = _Products(products.origin[shared], products.terms[shared])
     for _ in range(2):
-        owner = _nearest_planes(points[shared], planes[shared], tolerances[shared])
+        owner = _nearest_planes(shared_points, planes[shared], tolerances[shared])
         members = owner[:, None] == np.arange(planes.shape[1])[:, None]
         kept = np.count_nonzero(members, axis=2) >= min_face[shared, None]
-        planes[shared] = np.where(kept[..., None], _fit_planes(points[shared], members), np.nan)
+        planes[shared] = np.where(kept[..., None], _fit_planes(shared_products, members), np.nan)
     return planes, _nearest_planes(points, planes, tolerances)
 
 
@@ -361,7 +444,13 @@ def _nearest_planes(points, planes, tolerances) -> np.ndarray:
     """(C, P): each point's nearest plane in depth, -1 when none is within the tolerance (NaN planes: none)."""
     residuals = _depth_residuals(points, planes)
     residuals[np.isnan(planes[..., 0])] = np.inf
-    return np.where(residuals.min(axis=1) < tolerances[:, 0], residuals.argmin(axis=1), -1)
+    # Plane by plane, as min and argmin along the short middle axis cost several times more; branch-free, as in
+    # _pixel_faces (k where nearer: the planes before hold the points with indices below k).
+    nearest, owner = residuals[:, 0], np.zeros(residuals[:, 0].shape, np.int64)
+    for k in range(1, planes.shape[1]):
+        np.maximum(owner, (residuals[:, k] < nearest) * k, out=owner)
+        nearest = np.minimum(nearest, residuals[:, k])  # NaN (a point on no ray: padding) stays NaN, as min's
+    return (owner + 1) * (nearest < tolerances[:, 0]) - 1
 
 
 def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.ndarray:
@@ -371,10 +460,14 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
     All cartons and all hypotheses at once: each carton's hypotheses are scored on ransac_points of its
     candidates (drawn with replacement), as one batched product.
     """
+    cartons, size = len(points), points.shape[2]
+
     def drawn(shape):  # (C, 3, *shape): candidate points drawn at random
-        picks = (rng.random((len(points), *shape)) * counts.reshape(-1, *(1,) * len(shape))).astype(np.int64)
-        indices = np.take_along_axis(candidates, picks.reshape(len(points), -1), axis=1)
-        return np.take_along_axis(points, indices[:, None], axis=2).reshape(len(points), 3, *shape)
+        picks = (rng.random((cartons, *shape)) * counts.reshape(-1, *(1,) * len(shape))).astype(np.int64)
+        # Flat indices: np.take costs half of what take_along_axis does.
+        indices = np.take(candidates, picks.reshape(cartons, -1) + np.arange(0, cartons * size, size)[:, None])
+        flat = indices[:, None] + np.arange(0, 3 * cartons * size, size).reshape(cartons, 3, 1)
+        return np.take(points, flat).reshape(cartons, 3, *shape)
 
     triples = drawn((params.ransac_iterations, 3))  # (C, 3, I, 3)
     scored = drawn((params.ransac_points,))  # (C, 3, S)
@@ -385,33 +478,59 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
     normals /= np.maximum(lengths, 1e-12)[..., None]
     offsets = -np.sum(normals * np.swapaxes(triples[..., 0], 1, 2), axis=2)
     # Depth residual |n . p + d| / |n . ray| below the tolerance, with ray = p / z: |n . p + d| z < tolerance
-    # |n . p|, all (C, I, S) at once from one batched product.
-    along = normals @ scored
-    distances = np.abs(along + offsets[..., None])
-    distances *= scored[:, 2:]
-    np.abs(along, out=along)
-    along *= tolerances.astype(np.float32)
-    support = np.count_nonzero(distances < along, axis=2)
+    # |n . p|, (cartons, I, S) at once from one batched product; a few cartons at a time, so that the arrays stay
+    # in the CPU's cache (fifty cartons' all at once take a third longer).
+    support = np.empty(normals.shape[:2], np.int32)
+    for start in range(0, len(points), 8):
+        part = slice(start, start + 8)
+        along = normals[part] @ scored[part]
+        distances = along + offsets[part, :, None]
+        np.abs(distances, out=distances)
+        distances *= scored[part, 2:]
+        np.abs(along, out=along)
+        along *= tolerances[part].astype(np.float32)
+        # count_nonzero along an axis sums in int64, twice the time of summing the bytes in int32
+        support[part] = np.less(distances, along).view(np.uint8).sum(axis=2, dtype=np.int32)
     support[lengths < 1e-9] = -1  # collinear triples
     best = np.argmax(support, axis=1)
     chosen = np.arange(len(points))
     return np.column_stack([normals[chosen, best], offsets[chosen, best]])
 
 
-def _fit_planes(points, members) -> np.ndarray:
-    """(C, K, 4): least-squares planes (n, d), n toward the camera, of points (C, 3, P) on the members (C, K, P)
-    of each; from the sums of the points and of their products, taken about each carton's first point (a few
-    decimetres away at most, so float64 sums lose nothing to cancellation), as one batched product."""
-    origin = points[:, :, 0].astype(np.float64)
-    x = np.swapaxes(points - origin[..., None], 0, 1)  # (3, C, P): offsets along each axis
-    products = np.stack([*x, *(x[i] * x[j] for i, j in _PAIRS)], axis=1)  # (C, 9, P)
-    count = np.maximum(np.count_nonzero(members, axis=2), 1)[..., None]
-    sums = members.astype(np.float64) @ np.swapaxes(products, 1, 2) / count  # (C, K, 9): means of the offsets
-    # and of their products
+class _Products(NamedTuple):
+    """Each carton's first point (C, 3), and the offsets (C, 3, P) of its points from it followed by their
+    products (C, 6, P) (the _PAIRS): the terms _fit_planes sums, whichever points it fits."""
+
+    origin: np.ndarray
+    terms: np.ndarray
+
+
+def _point_products(points) -> _Products:
+    """_Products of float64 points (C, 3, P), taken about each carton's first point (a few decimetres away at
+    most, so float64 sums lose nothing to cancellation)."""
+    origin = points[:, :, 0].copy()
+    terms = np.empty((len(points), 9, points.shape[2]))
+    offsets = terms[:, :3]
+    np.subtract(points, origin[..., None], out=offsets)
+    for row, (i, j) in enumerate(_PAIRS, start=3):
+        np.multiply(offsets[:, i], offsets[:, j], out=terms[:, row])
+    return _Products(origin, terms)
+
+
+def _fit_planes(products, members) -> np.ndarray:
+    """(C, K, 4): least-squares planes (n, d), n toward the camera, of the points (their _Products) on the members
+    (C, K, P) of each (NaN with fewer than 3); from the sums of the points and of their products, as one batched
+    product."""
+    count = np.count_nonzero(members, axis=2)
+    fitted = count >= 3  # the others: NaN
+    count = np.maximum(count, 1)[..., None]
+    sums = members.astype(np.float64) @ np.swapaxes(products.terms, 1, 2) / count  # (C, K, 9): means of the
+    # offsets and of their products
     mean = sums[..., :3]
     scatter = count[..., None] * (sums[..., _SYMMETRIC + 3] - mean[..., :, None] * mean[..., None, :])
-    mean += origin[:, None]
-    normal = _least_spread(scatter, mean)
+    mean += products.origin[:, None]
+    normal = np.full(mean.shape, np.nan)
+    normal[fitted] = _least_spread(scatter[fitted], mean[fitted])
     return np.concatenate([normal, -np.sum(normal * mean, axis=-1, keepdims=True)], axis=-1)
 
 
@@ -433,116 +552,145 @@ def _depth_residuals(points, planes) -> np.ndarray:
     explaining anything.
     """
     along = planes[..., :3] @ points
-    return np.abs((along + planes[..., 3:]) / (along / points[..., 2:, :]))  # parallel rays: inf
+    along_rays = along / points[..., 2:, :]
+    along += planes[..., 3:]
+    along /= along_rays  # parallel rays: inf
+    return np.abs(along, out=along)
 
 
-def _top_face(planes, points, owner, up, params) -> int | None:
-    """The face the top is: the most up (or, without up, the most squarely facing the camera), or the face
+def _top_faces(points, planes, owner, up, params) -> tuple[np.ndarray, np.ndarray]:
+    """Per carton, which of its planes its top face is (-1: none) and the robust spread in depth of the top's
+    points about it; all cartons at once, from _find_faces' arrays.
+
+    The top is the face that is most up (or, without up, the most squarely facing the camera), or the face
     with the most points of those parallel to it (a band of the floor or of a lower neighbour inside the mask,
-    from colour-depth misregistration, is parallel to the top too)."""
-    normals = planes[:, :3]
+    from colour-depth misregistration, is parallel to the top too).
+    """
+    normals = planes[..., :3]
+    found = ~np.isnan(planes[..., 0])
+    members = owner[:, None] == np.arange(planes.shape[1])[:, None]  # (C, K, P)
+    counts = np.count_nonzero(members, axis=2)
     if up is not None:
-        score = normals @ up
-        if score.max() < math.cos(math.radians(params.max_top_tilt_deg)):
-            return None
+        score = np.where(found, normals @ up, -np.inf)
     else:
         # Cosine between a face's normal and the direction from the face to the camera: d / |centre| for a
         # plane n . p + d = 0 through the centre of its points.
-        distances = np.array([np.linalg.norm(points[:, owner == k].mean(axis=1)) for k in range(len(planes))])
-        score = planes[:, 3] / distances
-    parallel = normals @ normals[int(np.argmax(score))] >= math.cos(math.radians(params.parallel_deg))
-    counts = np.bincount(owner[owner >= 0], minlength=len(planes))
-    return int(np.argmax(np.where(parallel, counts, -1)))
+        centres = members @ np.swapaxes(points, 1, 2) / counts[..., None]
+        score = np.where(found, planes[..., 3] / np.sqrt(np.sum(centres * centres, axis=2)), -np.inf)
+    cartons = np.arange(len(planes))
+    best = np.argmax(score, axis=1)  # a NaN score (a plane left without points) wins, as np.argmax has it
+    parallel = np.sum(normals * normals[cartons, best][:, None], axis=2) >= math.cos(math.radians(params.parallel_deg))
+    top = np.argmax(np.where(parallel, counts, -1), axis=1)
+    top[~found.any(axis=1)] = -1
+    if up is not None:
+        top[score[cartons, best] < math.cos(math.radians(params.max_top_tilt_deg))] = -1
+    # The median of each top's residuals: sorted, the points off the top last.
+    topped = np.flatnonzero(top >= 0)
+    residuals = _depth_residuals(points[topped], planes[topped, top[topped]][:, None])[:, 0]
+    residuals = np.sort(np.where(owner[topped] == top[topped, None], residuals, np.inf), axis=1)
+    on_top = counts[topped, top[topped]]
+    spread = np.full(len(planes), np.nan)
+    rows = np.arange(len(topped))
+    spread[topped] = 1.4826 * (residuals[rows, (on_top - 1) // 2] + residuals[rows, on_top // 2]) / 2
+    return top, spread
 
 
-def _top_face_points(mask, depth, planes, top, tolerance, rays, params):
-    """(N, 3) points where the rays of the mask's top-face pixels on its outline meet the top plane (exact, free
-    of depth noise), and that plane refitted on all of the mask's depth points on it. Whole-window arrays throughout:
-    a plane's depth at every pixel of the window is one broadcast expression.
+def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params) -> np.ndarray:
+    """(h, w) int8: each window pixel's face, its index in planes, or -1 for none. Whole-window arrays throughout:
+    a plane's depth at every pixel of the window is one product of its rays (_plane_depth).
 
-    Pixels with depth belong to their nearest plane, or to none when off every plane. Pixels without depth
-    (holes, sensor shadows) within fill_px of one with it go with the nearest such, so the face reaches the
-    mask's edge. The top face ends where a side begins: points beyond a plane square to the top (the crease)
-    go, which noise alone cannot place. What is left is the top face, in as many pieces as holes too wide to
-    fill (glossy tape, dark print) cut it into: every piece counts but specks (min_fragment of it).
+    Pixels with depth (measured: their depth, inf elsewhere) belong to their nearest plane, or to none when off
+    every plane. Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a
+    side's first pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the
+    top plane: there, the far half of the tolerance is no longer top.
     """
-    has_depth = mask & (depth > 0)
-    measured = np.where(has_depth, depth, np.inf)
-    owner = np.full(depth.shape, -1, np.int8)
-    nearest = np.full(depth.shape, np.float32(tolerance))
-    for k, other in enumerate(planes):
-        offset = measured - _plane_depth(other, rays)  # beyond the plane: positive
-        residual = np.abs(offset)
-        np.copyto(owner, k, where=residual < nearest)
-        np.minimum(nearest, residual, out=nearest)
+    for k, plane in enumerate(planes):
+        residual = _plane_depth(plane, rays).astype(measured.dtype, copy=False)
         if k == top:
-            beyond_top = offset > tolerance / 2
-    # Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a side's first
-    # pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the top plane:
-    # there, the far half of the tolerance is no longer top.
+            np.subtract(measured, residual, out=residual)  # beyond the plane: positive
+            beyond_top = residual > tolerance / 2
+            np.abs(residual, out=residual)
+        else:
+            cv2.absdiff(measured, residual, dst=residual)  # the same, in one pass
+        if k == 0:
+            nearest = np.minimum(residual, np.float32(tolerance)).astype(np.float32, copy=False)
+            owner = (residual < np.float32(tolerance)).view(np.int8) - np.int8(1)  # 0 where within it, -1 elsewhere
+            continue
+        # k where nearer, unchanged elsewhere: the planes before hold the pixels with indices below k.
+        np.maximum(owner, (residual < nearest).view(np.int8) * np.int8(k + 1) - np.int8(1), out=owner)
+        if k < len(planes) - 1:
+            np.minimum(nearest, residual, out=nearest)
     on_top = owner == top
-    holes = mask & ~has_depth
-    ring = mask & ~_erode((on_top | holes).view(np.uint8), params.edge_ring_px).view(bool)
-    strip = on_top & ring & beyond_top
-    np.copyto(owner, -1, where=strip)
-    on_top &= ~strip
-    # Flat indices into the window for the fits: a fifth of the cost of (row, column) pairs.
-    depth_flat = measured.ravel()  # the depth on the mask's pixels with depth
-    top_pixels = np.flatnonzero(on_top)
-    every = -(-len(top_pixels) // params.max_refit_points)  # top and sides alike, so their weights keep their ratio
+    off_ring = _erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
+    owner -= (on_top & beyond_top & ~off_ring).view(np.int8) * np.int8(top + 1)  # top (the strip) to -1
+    return owner
 
-    def face_fit(pixels, normal=None):
-        pixels = pixels[::every]
-        z = depth_flat[pixels]
-        ray_x, ray_y = _rays_at(rays, pixels, depth.shape[1])
-        return _Face(*_moments(np.stack([ray_x * z, ray_y * z, z])), normal=normal)
 
-    top_fit = face_fit(top_pixels) if len(top_pixels) >= 3 else None
-    plane = planes[top] if top_fit is None else top_fit.plane()
-    square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
-    sides = planes[square]
-    if top_fit is not None:
-        side_fits = [face_fit(np.flatnonzero(owner == k), normal=planes[k, :3]) for k in square]
-        seen = [k for k, side in enumerate(side_fits) if side.count * every >= 30]  # a few pixels fix no plane
-        if seen:
-            plane, sides[seen] = _square_to_sides(top_fit, [side_fits[k] for k in seen])
-    region = on_top
-    if holes.any():
+def _top_outline(window, params) -> tuple[np.ndarray, np.ndarray]:
+    """The rays (x, y) of the window's top-face pixels on the outlines of its pieces: where they meet its top plane
+    (_face_rectangles) is the face's outline, exact and free of depth noise.
+
+    Pixels without depth (holes, sensor shadows) within fill_px of one with it go with the nearest such, so the
+    face reaches the mask's edge. The top face ends where a side begins: points beyond a plane square to the top
+    (the crease) go, which noise alone cannot place. What is left is the top face, in as many pieces as holes
+    too wide to fill (glossy tape, dark print) cut it into: every piece counts but specks (min_fragment of it).
+    """
+    mask, has_depth, plane, rays = window.mask, window.has_depth, window.plane, window.rays
+    straight = rays[0].shape[0] == 1  # the rays a row and a column: no lens distortion
+    region = window.owner == window.top
+    if np.count_nonzero(has_depth) < np.count_nonzero(mask):  # holes in the depth
         # Labels number the pixels with depth in row-major order: look up whether each one's nearest is top.
         no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-        region = mask & (gap <= params.fill_px) & (owner[has_depth] == top)[nearest - 1]
-    for side in sides:
+        region = mask & (gap <= params.fill_px) & (window.owner[has_depth] == window.top)[nearest - 1]
+    for side in window.sides:
         # Behind the side's outer surface where the pixel's ray r meets the top plane (n, d), at z r with
         # z = -d / (n . r) > 0: s . z r + s_d <= 0, that is (d s - s_d n) . r <= 0, a half-plane of the image.
         line = plane[3] * side[:3] - side[3] * plane[:3]
-        region &= line[1] * rays[1] <= -(line[0] * rays[0] + line[2])
+        if straight:  # (a <= -b exactly when a + b <= 0)
+            region &= _outer_sum(line[1] * rays[1][:, 0], line[0] * rays[0][0] + line[2], 0.0) <= 0
+        else:
+            region &= line[1] * rays[1] <= -(line[0] * rays[0] + line[2])
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
-    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    pieces, labels = cv2.connectedComponents(region, connectivity=8)  # a third of the time WithStats takes
-    if pieces == 1:  # nothing, or nothing but spurs
-        return np.zeros((0, 3)), plane
-    # The rectangle around the pieces is the one around their outlines: a tenth of the points or fewer.
-    outline = region > _erode(region, 1)
-    if pieces > 2:  # the background and more than one piece: drop the specks
-        areas = np.bincount(labels.ravel(), minlength=pieces)
-        areas[0] = 0
-        outline &= (areas >= params.min_fragment * areas.sum())[labels]
-    return _ray_points(*_rays_at(rays, np.flatnonzero(outline), depth.shape[1]), plane), plane
+    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+    # The rectangle around the pieces is the one around their convex hulls, which their outer outlines hold: the
+    # ends of each straight run of them where the rays are straight in the image, all of them where lens
+    # distortion bends the rays. OpenCV's pieces are 8-connected, as connectedComponents' are.
+    outlines, hierarchy = cv2.findContours(region, cv2.RETR_CCOMP,
+                                           cv2.CHAIN_APPROX_SIMPLE if straight else cv2.CHAIN_APPROX_NONE)
+    # RETR_CCOMP: each piece's outer outline has no parent (its holes' outlines do).
+    if not outlines:  # nothing, or nothing but spurs
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    outer = [outline[:, 0] for outline, links in zip(outlines, hierarchy[0], strict=True) if links[3] < 0]
+    if len(outer) > 1:  # more than one piece: drop the specks
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+        areas = stats[:, cv2.CC_STAT_AREA]
+        areas[0] = 0  # the background
+        kept = areas >= params.min_fragment * areas.sum()
+        outer = [outline for outline in outer if kept[labels[outline[0, 1], outline[0, 0]]]]
+        if not outer:  # all specks (more than 1 / min_fragment pieces)
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    columns, rows = np.concatenate(outer).T
+    if straight:
+        return rays[0][0, columns], rays[1][rows, 0]
+    return rays[0][rows, columns], rays[1][rows, columns]
 
 
 class _Face(NamedTuple):
     """A face's pixel points by their count, mean and scatter matrix (sum of outer products about the mean), and
-    the normal of a plane fitted to them (toward the camera), which `plane` finds when not given."""
+    the normal of a plane fitted to them (toward the camera), which `fitted_normal` finds when not given."""
 
     count: int
     mean: np.ndarray
     scatter: np.ndarray
     normal: np.ndarray | None = None
 
+    def fitted_normal(self) -> np.ndarray:
+        return self.normal if self.normal is not None else _least_spread(self.scatter, self.mean)
+
     def plane(self) -> np.ndarray:
-        normal = self.normal if self.normal is not None else _least_spread(self.scatter, self.mean)
+        normal = self.fitted_normal()
         return np.concatenate([normal, [-normal @ self.mean]])
 
 
@@ -571,42 +719,52 @@ def _least_spread(scatter, mean) -> np.ndarray:
     return np.where(np.sum(normal * mean, axis=-1, keepdims=True) > 0, -normal, normal)
 
 
-def _square_to_sides(top, sides) -> tuple[np.ndarray, np.ndarray]:
-    """The top plane and the side planes refitted together: a box's sides stand square to its top, and a side seen
-    obliquely fixes the top's tilt across it better than the top's own points do. Each face counts by its
-    points over its own mean squared residual (so a ragged side counts little), and the box turns until the
-    weighted sum of squared distances of every face's points to its face is least: one Gauss-Newton step from
-    the top's own plane (the faces RANSAC found are within degrees of square; a second step changes nothing)."""
-    normal = top.plane()[:3]
-    x_axis = _unit(sides[0].normal - (sides[0].normal @ normal) * normal)
-    box = np.array([x_axis, _cross(normal, x_axis), normal]).T  # columns: the box's axes
-    faces = [top, *sides]
-    scatters = np.array([face.scatter for face in faces])
-    normals = np.array([normal, *(side.normal for side in sides)])
-    weights = np.array([face.count for face in faces]) / np.maximum(
-        (normals[:, None] @ scatters @ normals[..., None])[:, 0, 0], 1e-12)
-    along = normals @ box  # (F, 3): each face's normal in the box's axes
-    axes = np.argmax(np.abs(along), axis=1)
-    normals = (box[:, axes] * np.sign(along[np.arange(len(faces)), axes])).T
+def _square_to_sides(tops, sides) -> tuple[np.ndarray, list]:
+    """Each box's top plane and side planes refitted together, all boxes at once: tops, a _Face each, and sides,
+    a list of one or two _Faces (with their normals) each. Returns the (B, 4) top planes and each box's (S, 4)
+    side planes.
+
+    A box's sides stand square to its top, and a side seen obliquely fixes the top's tilt across it better than
+    the top's own points do. Each face counts by its points over its own mean squared residual (so a ragged side
+    counts little), and the box turns until the weighted sum of squared distances of every face's points to its
+    face is least: one Gauss-Newton step from the top's own plane (the faces RANSAC found are within degrees of
+    square; a second step changes nothing)."""
+    faces = [[top, *own] for top, own in zip(tops, sides, strict=True)]
+    # Boxes with one side get a second of no weight (no points), lying on the top, so all are (B, F) arrays.
+    most = max(len(own) for own in faces)
+    faces = [own + [own[0]._replace(count=0, scatter=np.zeros((3, 3)))] * (most - len(own)) for own in faces]
+    counts = np.array([[face.count for face in own] for own in faces])
+    scatters = np.array([[face.scatter for face in own] for own in faces])
+    means = np.array([[face.mean for face in own] for own in faces])
+    normals = np.array([[face.fitted_normal() for face in own] for own in faces])
+    normal = normals[:, 0]
+    x_axis = _units(normals[:, 1] - np.sum(normals[:, 1] * normal, axis=1, keepdims=True) * normal)
+    box = np.stack([x_axis, _crosses(normal, x_axis), normal], axis=2)  # columns: each box's axes
+    weights = counts / np.maximum((normals[..., None, :] @ scatters @ normals[..., None])[..., 0, 0], 1e-12)
+    along = normals @ box  # (B, F, 3): each face's normal in its box's axes
+    axes = np.argmax(np.abs(along), axis=2)
+    normals = np.swapaxes(np.take_along_axis(box, axes[:, None], axis=2)
+                          * np.sign(np.take_along_axis(along, axes[..., None], axis=2))[..., 0][:, None], 1, 2)
     # A turn by the small rotation vector w moves a normal n by w x n = -[n]x w: the weighted squared distances
     # are quadratic in w, with Hessian sum [n]x^T C [n]x and gradient sum [n]x^T C n.
-    crosses = np.zeros((len(faces), 3, 3))  # [n]x of each face
-    crosses[:, [2, 0, 1], [1, 2, 0]] = normals
-    crosses[:, [1, 2, 0], [2, 0, 1]] = -normals
-    weighted = weights[:, None, None] * np.swapaxes(crosses, 1, 2) @ scatters
-    hessian = np.sum(weighted @ crosses, axis=0)
-    gradient = np.sum(weighted @ normals[..., None], axis=0)
-    turn = cv2.Rodrigues(cv2.solve(hessian, gradient, flags=cv2.DECOMP_SVD)[1])[0]
-    normals = normals @ turn.T
-    means = np.array([face.mean for face in faces])
-    planes = np.concatenate([normals, -np.sum(normals * means, axis=1, keepdims=True)], axis=1)
-    return planes[0], planes[1:]
+    crosses = np.zeros((*normals.shape, 3))  # [n]x of each face
+    crosses[..., [2, 0, 1], [1, 2, 0]] = normals
+    crosses[..., [1, 2, 0], [2, 0, 1]] = -normals
+    weighted = weights[..., None, None] * np.swapaxes(crosses, 2, 3) @ scatters
+    hessians = np.sum(weighted @ crosses, axis=1)
+    gradients = np.sum(weighted @ normals[..., None], axis=1)
+    turns = np.array([cv2.Rodrigues(cv2.solve(hessian, gradient, flags=cv2.DECOMP_SVD)[1])[0]
+                      for hessian, gradient in zip(hessians, gradients, strict=True)])
+    normals = normals @ np.swapaxes(turns, 1, 2)
+    planes = np.concatenate([normals, -np.sum(normals * means, axis=2, keepdims=True)], axis=2)
+    return planes[:, 0], [own_planes[1:len(own) + 1] for own_planes, own in zip(planes, sides, strict=True)]
 
 
 def _erode(mask, radius) -> np.ndarray:
     """cv2.erode by a (2 radius + 1)² square, with nothing beyond the window: a mask ends at its window's edge
     (OpenCV's default border would carry it on, so the mask's outermost pixels would never be its edge)."""
-    return cv2.erode(mask, np.ones((2 * radius + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1,) * 2)
+    return cv2.erode(mask, square, borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
@@ -619,48 +777,77 @@ def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
     return ray_x.ravel()[pixels], ray_y.ravel()[pixels]
 
 
-def _ray_points(x, y, plane) -> np.ndarray:
-    """(N, 3) where the rays (x, y, 1) meet the plane n . p + d = 0."""
-    z = -plane[3] / (plane[0] * x + plane[1] * y + plane[2])
-    return np.stack([x * z, y * z, z], axis=1)
-
-
 def _plane_depth(plane, rays) -> np.ndarray:
     """Depth at which each pixel's ray (x, y, 1) meets the plane n . p + d = 0: -d / (n . ray); inf or negative
     where it never does (rays parallel to the plane, or meeting it behind the camera)."""
     normal = plane[:3].astype(np.float32)
-    return np.float32(-plane[3]) / (normal[0] * rays[0] + normal[1] * rays[1] + normal[2])
+    ray_x, ray_y = rays
+    if ray_x.shape[0] == 1:  # a row and a column
+        along = _outer_sum(normal[1] * ray_y[:, 0], normal[0] * ray_x[0], normal[2])
+    else:
+        along = normal[0] * ray_x + normal[1] * ray_y + normal[2]
+    return np.divide(np.float32(-plane[3]), along, out=along)
 
 
-def _face_rectangle(points, plane, intrinsics):
-    """Pick point, rotation, length and width of the minimum-area rectangle around points on a plane."""
-    normal = plane[:3]
-    origin = np.ones(len(points)) @ points / len(points)  # as in _scatter
-    e1 = _unit(np.array([1.0, 0.0, 0.0]) - normal[0] * normal)  # camera x laid onto the plane
-    e2 = _cross(normal, e1)
-    in_plane = ((points - origin) @ np.array([e1, e2]).T).astype(np.float32)
-    (centre_s, centre_t), _, _ = rect = cv2.minAreaRect(in_plane)
-    corners = cv2.boxPoints(rect)
-    side_a, side_b = corners[1] - corners[0], corners[2] - corners[1]
-    long_side, short_side = (side_a, side_b) if math.hypot(*side_a) >= math.hypot(*side_b) else (side_b, side_a)
-    x_axis = _unit(long_side[0] * e1 + long_side[1] * e2)
-    if x_axis[0] < 0:  # of the two directions along the long edge, the one toward image right
-        x_axis = -x_axis
-    rotation = np.array([x_axis, _cross(normal, x_axis), normal]).T
-    position = origin + centre_s * e1 + centre_t * e2
+def _outer_sum(column, row, constant) -> np.ndarray:
+    """(h, w): (column_i + row_j) + constant of an (h,) and a (w,) array, as one matrix product [column, 1, 1]
+    [1, row, constant]^T: the same exact products summed in the same order, in a third of the time of numpy's
+    broadcast sum (which runs its inner loop once per row)."""
+    dtype = np.result_type(column, row, constant)
+    left = np.empty((len(column), 3), dtype)
+    left[:, 0] = column
+    left[:, 1:] = 1
+    right = np.empty((3, len(row)), dtype)
+    right[0] = 1
+    right[1] = row
+    right[2] = constant
+    return left @ right
+
+
+def _face_rectangles(ray_sets, planes, intrinsics) -> list:
+    """Pick point, rotation, length and width of the minimum-area rectangle around the points where each set of
+    rays (x, y, 1) (two (N,) arrays) meets its plane n . p + d = 0 (B, 4): OpenCV's rectangle for each, the
+    geometry around it for all at once."""
+    normal = planes[:, :3]
+    sizes = [len(x) for x, _ in ray_sets]
+    x, y = (np.concatenate([rays[axis] for rays in ray_sets]) for axis in (0, 1))
+    plane = np.repeat(planes, sizes, axis=0)
+    z = -plane[:, 3] / (plane[:, 0] * x + plane[:, 1] * y + plane[:, 2])
+    points = np.stack([x * z, y * z, z], axis=1)
+    origins = np.add.reduceat(points, [0, *itertools.accumulate(sizes[:-1])]) / np.array(sizes)[:, None]
+    e1 = _units(np.array([1.0, 0.0, 0.0]) - normal[:, :1] * normal)  # camera x laid onto the plane
+    e2 = _crosses(normal, e1)
+    offsets = points - np.repeat(origins, sizes, axis=0)
+    in_plane = np.stack([np.sum(offsets * np.repeat(axis, sizes, axis=0), axis=1) for axis in (e1, e2)], axis=1)
+    centres, corners = [], []
+    for own in np.split(in_plane.astype(np.float32), list(itertools.accumulate(sizes[:-1]))):
+        rect = cv2.minAreaRect(own)
+        centres.append(rect[0])
+        corners.append(cv2.boxPoints(rect))
+    centres, corners = np.array(centres), np.array(corners, np.float64)
+    side_a, side_b = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 1]
+    a_longer = (np.hypot(*side_a.T) >= np.hypot(*side_b.T))[:, None]
+    long_side, short_side = np.where(a_longer, side_a, side_b), np.where(a_longer, side_b, side_a)
+    x_axis = _units(long_side[:, :1] * e1 + long_side[:, 1:] * e2)
+    x_axis *= np.where(x_axis[:, :1] < 0, -1.0, 1.0)  # of the two directions along the long edge, toward image right
+    y_axis = _crosses(normal, x_axis)
+    positions = origins + centres[:, :1] * e1 + centres[:, 1:] * e2
     # The outermost pixel centres stop short of the face's edges: by half a pixel on edges along the pixel
     # grid, by almost nothing on slanted ones. Half a pixel in all is at most half a pixel off either way.
-    length = math.hypot(*long_side) + _metres_per_pixel(position, rotation[:, 0], intrinsics) / 2
-    width = math.hypot(*short_side) + _metres_per_pixel(position, rotation[:, 1], intrinsics) / 2
-    return position, rotation, length, width
+    lengths = np.hypot(*long_side.T) + _metres_per_pixel(positions, x_axis, intrinsics) / 2
+    widths = np.hypot(*short_side.T) + _metres_per_pixel(positions, y_axis, intrinsics) / 2
+    rotations = np.stack([x_axis, y_axis, normal], axis=2)
+    return [(position, rotation, float(length), float(width))
+            for position, rotation, length, width in zip(positions, rotations, lengths, widths, strict=True)]
 
 
-def _metres_per_pixel(point, direction, intrinsics) -> float:
-    """Distance along direction, at point, that moves its image by one pixel (the projection's derivative)."""
-    x, y, z = point
-    du = intrinsics.fx * (direction[0] * z - x * direction[2]) / z ** 2
-    dv = intrinsics.fy * (direction[1] * z - y * direction[2]) / z ** 2
-    return 1.0 / math.hypot(du, dv)
+def _metres_per_pixel(points, directions, intrinsics) -> np.ndarray:
+    """Distance along each direction (N, 3), at each point (N, 3), that moves its image by one pixel (the
+    projection's derivative)."""
+    x, y, z = points.T
+    du = intrinsics.fx * (directions[:, 0] * z - x * directions[:, 2]) / z ** 2
+    dv = intrinsics.fy * (directions[:, 1] * z - y * directions[:, 2]) / z ** 2
+    return 1.0 / np.hypot(du, dv)
 
 
 def _cross(a, b) -> np.ndarray:
@@ -670,6 +857,17 @@ def _cross(a, b) -> np.ndarray:
 
 def _unit(vector) -> np.ndarray:
     return vector / math.sqrt(vector @ vector)
+
+
+def _crosses(a, b) -> np.ndarray:
+    """a x b row by row of two (N, 3) arrays: np.cross costs several times more."""
+    return np.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                     a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], axis=1)
+
+
+def _units(vectors) -> np.ndarray:
+    """Each row of (N, 3) vectors over its length."""
+    return vectors / np.sqrt(np.sum(vectors * vectors, axis=1, keepdims=True))
 
 
 # ----------------------------------------------------------------------------------------------------

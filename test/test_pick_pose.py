@@ -505,7 +505,7 @@ def normal_floor(distance, scenes):
                                                           < 0.005), depth, camera)
                     if len(side) >= 30:
                         sides.append(_Face(*_scatter(side), normal=_fit_plane(side)[:3]))
-            joint = _square_to_sides(top, sides)[0] if sides else top.plane()
+            joint = _square_to_sides([top], [sides])[0][0] if sides else top.plane()
             tops += 1
             top_off += math.degrees(math.acos(min(1.0, abs(top.plane()[:3] @ carton.top_normal)))) > 3
             joint_off += math.degrees(math.acos(min(1.0, abs(joint[:3] @ carton.top_normal)))) > 3
