@@ -538,11 +538,6 @@ _PAIRS = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]  # the products a symm
 _SYMMETRIC = np.array([[0, 1, 2], [1, 3, 4], [2, 4, 5]])  # ...and where each of its entries is among them
 
 
-def _fit_plane(points) -> np.ndarray:
-    """Least-squares plane (n, d) with n toward the camera at the origin of (N, 3) points."""
-    return _Face(*_scatter(points)).plane()
-
-
 def _depth_residuals(points, planes) -> np.ndarray:
     """(..., K, N) depth differences between each point (..., 3, N) and where its pixel's ray meets each plane
     (..., K, 4).
@@ -692,11 +687,6 @@ class _Face(NamedTuple):
     def plane(self) -> np.ndarray:
         normal = self.fitted_normal()
         return np.concatenate([normal, [-normal @ self.mean]])
-
-
-def _scatter(points) -> tuple[int, np.ndarray, np.ndarray]:
-    """_moments of (N, 3) points."""
-    return _moments(np.ascontiguousarray(points.T))
 
 
 def _moments(points) -> tuple[int, np.ndarray, np.ndarray]:

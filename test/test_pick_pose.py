@@ -474,12 +474,12 @@ def normal_floor(distance, scenes):
     """Of the well-seen tops at `distance` (within 20 %) in these scenes, how many normals come out more than 3
     degrees off when fitted to the true top pixels of registered stereo depth alone, and how many with the true
     side pixels held square to the top (pick_pose's joint refit): what one frame's noise allows at best."""
-    from box_segmentation.pick_pose import _Face, _fit_plane, _scatter, _square_to_sides
+    from box_segmentation.pick_pose import _Face, _moments, _square_to_sides
 
     def points(pixels, depth, camera):
         rows, cols = np.nonzero(cv2.erode(pixels.astype(np.uint8), np.ones((5, 5), np.uint8)) & (depth > 0))
         z = depth[rows, cols]
-        return np.column_stack([(cols - camera.cx) / camera.fx * z, (rows - camera.cy) / camera.fy * z, z])
+        return np.stack([(cols - camera.cx) / camera.fx * z, (rows - camera.cy) / camera.fy * z, z])  # (3, N)
 
     tops, top_off, joint_off = 0, 0, 0
     for kind, seed in scenes:
@@ -495,7 +495,7 @@ def normal_floor(distance, scenes):
             if not top_face_well_seen(scene, label) or abs(carton.top_center[2] / distance - 1) >= 0.2:
                 continue
             own = scene.labels == label
-            top = _Face(*_scatter(points(own & scene.top_face, depth, camera)))
+            top = _Face(*_moments(points(own & scene.top_face, depth, camera)))
             # Which side a pixel shows, from the true surface: the one it lies on (within 5 mm).
             box = (true_points - carton.top_center + carton.top_normal * carton.size[2] / 2) @ carton.rotation
             sides = []
@@ -503,8 +503,9 @@ def normal_floor(distance, scenes):
                 for sign in (1, -1):
                     side = points(own & ~scene.top_face & (np.abs(sign * box[..., axis] - carton.size[axis] / 2)
                                                           < 0.005), depth, camera)
-                    if len(side) >= 30:
-                        sides.append(_Face(*_scatter(side), normal=_fit_plane(side)[:3]))
+                    if side.shape[1] >= 30:
+                        face = _Face(*_moments(side))
+                        sides.append(face._replace(normal=face.plane()[:3]))
             joint = _square_to_sides([top], [sides])[0][0] if sides else top.plane()
             tops += 1
             top_off += math.degrees(math.acos(min(1.0, abs(top.plane()[:3] @ carton.top_normal)))) > 3
