@@ -15,7 +15,9 @@ newer one of its camera arrives is dropped (and counted), so results always desc
 queue builds up when inference is slower than the cameras.
 
 ~/segment (srv/Segment.srv) answers with the result of the first frame of the camera stamped after the request
-arrived, or of an image given in the request. With continuous false, only such frames are segmented.
+arrived, or of an image given in the request. With continuous false, only such frames are segmented. A call
+waits for its frame on a small node of its own (<name>_requests, spun in its own thread), so that the node's
+single-threaded executor goes on taking frames meanwhile (see RequestService).
 
 With use_depth, each frame is paired by stamp with an aligned depth image and every carton gets a pick pose and
 rank (box_segmentation.pick_pose), in the camera optical frame of the image's header: there is no TF here.
@@ -23,6 +25,7 @@ rank (box_segmentation.pick_pose), in the camera optical frame of the image's he
 Run: ros2 run box_segmentation segment_node --ros-args -p checkpoint:=/path/model.pt -r image:=/camera/image_raw
 """
 
+import contextlib
 import gc
 import signal
 import sys
@@ -35,8 +38,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -78,9 +80,6 @@ DEPTH_LATE_WAIT = 0.005  # seconds, beyond the tolerance, to wait after inferenc
 WARM_UP_SIZE = (480, 640)  # the first inference allocates and tunes: done at configure, not on the first frame
 DIAGNOSTICS_PERIOD = 1.0  # seconds
 BAD_FRAME_LOG_PERIOD = 5.0  # seconds between warnings of one kind, so a broken camera cannot flood the log
-# Lifecycle services and the diagnostics timer, the inputs, and ~/segment (which waits for its frame) each have
-# a callback group: a waiting request blocks none of the others.
-EXECUTOR_THREADS = 4
 LATEST = dict(history=HistoryPolicy.KEEP_LAST, depth=1, durability=DurabilityPolicy.VOLATILE)
 
 
@@ -111,8 +110,7 @@ class Camera:
     def subscribe(self, node: "SegmentNode", message_type, name: str, callback, qos: QoSProfile) -> None:
         """A subscription to this camera's input name, calling callback(self, msg)."""
         self.subscriptions.append(node.create_subscription(message_type, topic(self.name, name),
-                                                           lambda msg: callback(self, msg), qos,
-                                                           callback_group=node.input_group))
+                                                           lambda msg: callback(self, msg), qos))
 
     def publishers(self) -> list:
         return [p for p in (self.results, self.debug_images, self.poses, self.markers) if p is not None]
@@ -131,8 +129,7 @@ class SegmentNode(LifecycleNode):
         self._requests = PendingRequests()
         self._active = False
         self._last_logged = {}
-        self.input_group = MutuallyExclusiveCallbackGroup()
-        self.create_service(Segment, "~/segment", self._on_segment, callback_group=MutuallyExclusiveCallbackGroup())
+        self._request_service = RequestService(self, self._on_segment)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     @property
@@ -421,6 +418,38 @@ class SegmentNode(LifecycleNode):
         self._stop_processing()
         self._release()
 
+    def destroy_node(self) -> None:
+        self._request_service.close()
+        super().destroy_node()
+
+
+class RequestService:
+    """~/segment, served from a node of its own (<name>_requests, no global arguments: a __node remap would rename
+    it too) spun by its own executor thread, so that a call can wait for its camera's next frame while the main
+    node's single-threaded executor takes that frame. rclpy's MultiThreadedExecutor would serve both in one node,
+    but until a pool thread starts a callback it yields it again and again, spinning on the GIL: frames waited a
+    median 23-41 ms (up to 1 s) for their callback, against 2 ms on a single-threaded executor (640x480, the
+    shipped model, benchmarks/bench_node_latency.py)."""
+
+    def __init__(self, node: SegmentNode, callback):
+        self._node = rclpy.create_node(f"{node.get_name()}_requests", namespace=node.get_namespace(),
+                                       context=node.context, use_global_arguments=False,
+                                       start_parameter_services=False)
+        self._node.create_service(Segment, node.resolve_service_name("~/segment"), callback)
+        self._executor = SingleThreadedExecutor(context=node.context)
+        self._executor.add_node(self._node)
+        self._thread = threading.Thread(target=self._spin, name="segment_requests", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        with contextlib.suppress(ExternalShutdownException):  # the process is stopping
+            self._executor.spin()
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self._thread.join()
+        self._node.destroy_node()
+
 
 def stop_on_first_signal() -> None:
     """Makes SIGINT and SIGTERM request one stop, and any later one harmless.
@@ -442,7 +471,7 @@ def main(args=None) -> int:
     stop_on_first_signal()
     rclpy.init(args=args)
     # Made before the slow start-up, so that a stop signal during it cannot catch it half-built.
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    executor = SingleThreadedExecutor()
     node = None
     try:
         node = SegmentNode()
