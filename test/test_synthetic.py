@@ -190,8 +190,9 @@ def test_command_line(tmp_path):
     assert load(root, "train").dataset["info"]["style"] == STYLES["full"].to_json(), "the recipe by default"
     shifted = tmp_path / "shifted"
     args = ["--out", shifted, "--train", "0", "--val", "1", "--width", "64", "--height", "48", "--style", "shifted",
-            "--tight", "1"]
+            "--tight", "1", "--preview", tmp_path / "preview.jpg"]
     subprocess.run([sys.executable, script, *map(str, args)], check=True, capture_output=True)
+    assert cv2.imread(str(tmp_path / "preview.jpg")).shape == (48, 64, 3)
     info = json.loads((shifted / "coco_carton/oneclass_carton/annotations/instances_val2017.json").read_text())["info"]
     assert info["style"] == replace(STYLES["shifted"], tight=1.0).to_json()
     refused = subprocess.run([sys.executable, script, "--out", tmp_path, "--sensor", "2"], capture_output=True,

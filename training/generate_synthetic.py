@@ -70,8 +70,7 @@ def main():
     root = generate_dataset(args.out, args.train, args.val, args.seed, args.width, args.height, style,
                             max(args.workers, 1))
     if args.preview:
-        scene = dataset_scene(args.seed, "train", 0, args.width, args.height, style,
-                            max(args.workers, 1))
+        scene = dataset_scene(args.seed, "train", 0, args.width, args.height, style)
         args.preview.write_bytes(encode_jpeg(overlay(scene), quality=80))
     print(root)
 
