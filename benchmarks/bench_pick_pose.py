@@ -42,6 +42,7 @@ def baseline_module(revision):
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("pick_pose_baseline", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
