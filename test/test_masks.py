@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, paste_masks_in_image
 from torchvision.ops import boxes as box_ops
 
 from box_segmentation import masks
@@ -145,8 +145,11 @@ def test_opencv_and_torch_resizes_stay_within_the_band_the_cpu_path_relies_on():
 def test_torch_weights_reproduce_torch_values_within_the_rounding_margin():
     # Pixels near the threshold are settled from _torch_bilinear_weights with the rounding of the source coordinate
     # this torch build uses, as probed: its values must be torch's up to the float32 rounding of the sum.
+    # Outputs with height + width <= 128 go through torch's channels-last kernel, which sums four weighted corners
+    # (its other kernel interpolates rows, then between them): sizes up to 64 cover it.
     assert len(masks._torch_roundings()) == 1  # the probe tells the two roundings apart
-    for source, height, width in sources_and_sizes(20, seed=1, largest=400):
+    sizes = [*sources_and_sizes(20, seed=1, largest=400), *sources_and_sizes(20, seed=2, largest=64)]
+    for source, height, width in sizes:
         expected = torch_resized(source, height, width).numpy().astype(np.float64)
         y, x = (values.ravel() for values in np.indices((height, width)))
         (y0, y1, wy0, wy1), = masks._torch_bilinear_weights(y, np.full(y.size, height), 30)
@@ -173,6 +176,17 @@ def test_pixels_at_the_threshold_are_torchvisions(spread, roundings, monkeypatch
     pasted = (paste_masks_in_image(probs[:, None], boxes, (height, width))[:, 0] > 0.5).numpy()
     for shape, expected in zip(shapes, pasted, strict=True):
         np.testing.assert_array_equal(full_frame(shape, height, width), expected)
+
+
+def test_layout_is_torchvisions_box_expansion():
+    # _expanded_boxes does in numpy what expand_boxes does in torch, float32 op for op: the same integer boxes.
+    rng = np.random.default_rng(6)
+    corners = rng.uniform(-50, 2000, size=(100_000, 2)).astype(np.float32)
+    sizes = rng.uniform(0, 600, size=(100_000, 2)).astype(np.float32) * (rng.random((100_000, 1)) < 0.9)
+    boxes = np.concatenate([corners, corners + sizes], axis=1)
+    for mask_size in (28, 14):
+        expected = expand_boxes(torch.from_numpy(boxes), expand_masks(torch.zeros(1, 1, mask_size, mask_size), 1)[1])
+        np.testing.assert_array_equal(masks._expanded_boxes(boxes, mask_size), expected.to(torch.int64).numpy())
 
 
 def test_masks_in_boxes_leaves_the_process_wide_thread_count_alone(monkeypatch):
