@@ -97,8 +97,10 @@ def _expanded_boxes(boxes: np.ndarray, mask_size: int) -> np.ndarray:
 # 1e-6 apart for a 30-pixel source), so from probabilities in [0, 1] their values differ by less than 1e-5
 # (measured: at most 4.5e-6): a pixel further than this from the threshold lies on the same side of it in both.
 _OPENCV_DISAGREEMENT = 2e-5
-# Given torch's weights, its float32 sum of four products lies within a few roundings (< 5e-7) of the exact value.
-_TORCH_ROUNDING = 1e-6
+# Given torch's weights, its float32 value lies within five roundings of values in [0, 1] (5 * 2**-24 = 3.0e-7) of the
+# exact one: products of the two weights (its kernel for small outputs), four products, three sums (measured: at most
+# 1.4e-7). The narrower this margin, the fewer boxes torch's kernel resizes again.
+_TORCH_ROUNDING = 4e-7
 
 
 def _box_masks_opencv(padded: np.ndarray, layout: list, total: int, threshold: float) -> np.ndarray:

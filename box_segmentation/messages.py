@@ -7,7 +7,6 @@ A pick planner in Python reads the masks with two lines:
 With depth, add_poses fills each box's pick pose fields from pick_pose.estimate_poses and pick_order.
 """
 
-import array
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -32,8 +31,8 @@ def to_box_masks(instances: list[Instance], header, height: int, width: int) -> 
             class_name=instance.class_name,
             score=float(instance.score),
             roi=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False),
-            # array.array of bytes: the message takes it as is, no per-element checks.
-            mask=array.array("B", np.ascontiguousarray(instance.mask, dtype=np.uint8).tobytes()),
+            # bytes: the message copies them into its array.array at once, no per-element checks.
+            mask=np.ascontiguousarray(instance.mask, dtype=np.uint8).tobytes(),
             area=int(instance.area),
             centroid_x=float(instance.centroid[0]),
             centroid_y=float(instance.centroid[1]),
