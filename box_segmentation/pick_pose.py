@@ -373,9 +373,14 @@ def _depth_noise(depth, pixels, lag) -> float:
     np.subtract(inverse[:, :-2 * lag], second, out=second)
     second += inverse[:, 2 * lag:]
     inside = pixels[:, :-2 * lag] & pixels[:, lag:-lag] & pixels[:, 2 * lag:]
-    if not inside.any():
+    # Scaled on the whole window, then picked out once: one masked selection costs more than the arithmetic.
+    middle = depth[:, lag:-lag]
+    np.abs(second, out=second)
+    second *= middle * middle
+    scaled = second[inside]
+    if not len(scaled):
         return 0.0
-    return 1.4826 * _median(np.abs(second[inside]) * depth[:, lag:-lag][inside] ** 2) / math.sqrt(6)
+    return 1.4826 * _median(scaled) / math.sqrt(6)
 
 
 def _median(values) -> float:
@@ -615,8 +620,10 @@ def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params
         if k < len(planes) - 1:
             np.minimum(nearest, residual, out=nearest)
     on_top = owner == top
-    off_ring = _erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
-    owner -= (on_top & beyond_top & ~off_ring).view(np.int8) * np.int8(top + 1)  # top (the strip) to -1
+    strip = on_top & beyond_top
+    if strip.any():  # (none on clean depth: no ring to find)
+        off_ring = _erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
+        owner -= (strip & ~off_ring).view(np.int8) * np.int8(top + 1)  # top (the strip) to -1
     return owner
 
 
@@ -637,17 +644,24 @@ def _top_outline(window, params) -> tuple[np.ndarray, np.ndarray]:
         no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         region = mask & (gap <= params.fill_px) & (window.owner[has_depth] == window.top)[nearest - 1]
+    # The top is often a fraction of its window (which holds the sides too): from here on, only its bounding box
+    # and a pixel round it (so that the opening meets its edge as in the whole window) are worked on.
+    left, upper, width, height = cv2.boundingRect(region.view(np.uint8))
+    box_rows, box_columns = slice(max(upper - 1, 0), upper + height + 1), slice(max(left - 1, 0), left + width + 1)
+    region = region[box_rows, box_columns]
+    rays = ((rays[0][:, box_columns], rays[1][box_rows]) if straight
+            else (rays[0][box_rows, box_columns], rays[1][box_rows, box_columns]))
     for side in window.sides:
         # Behind the side's outer surface where the pixel's ray r meets the top plane (n, d), at z r with
         # z = -d / (n . r) > 0: s . z r + s_d <= 0, that is (d s - s_d n) . r <= 0, a half-plane of the image.
         line = plane[3] * side[:3] - side[3] * plane[:3]
-        if straight:  # (a <= -b exactly when a + b <= 0)
-            region &= _outer_sum(line[1] * rays[1][:, 0], line[0] * rays[0][0] + line[2], 0.0) <= 0
+        if straight:
+            region &= _behind_line(line, rays)
         else:
             region &= line[1] * rays[1] <= -(line[0] * rays[0] + line[2])
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
-    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, None)  # (None: a 3x3 square)
     # The rectangle around the pieces is the one around their convex hulls, which their outer outlines hold: the
     # ends of each straight run of them where the rays are straight in the image, all of them where lens
     # distortion bends the rays. OpenCV's pieces are 8-connected, as connectedComponents' are.
@@ -752,8 +766,8 @@ def _square_to_sides(tops, sides) -> tuple[np.ndarray, list]:
 def _erode(mask, radius) -> np.ndarray:
     """cv2.erode by a (2 radius + 1)² square, with nothing beyond the window: a mask ends at its window's edge
     (OpenCV's default border would carry it on, so the mask's outermost pixels would never be its edge)."""
-    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1,) * 2)
-    return cv2.erode(mask, square, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    # (No kernel: OpenCV's 3x3 square, which it widens to the (2 radius + 1)² one for `radius` iterations.)
+    return cv2.erode(mask, None, iterations=radius, borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
@@ -776,6 +790,19 @@ def _plane_depth(plane, rays) -> np.ndarray:
     else:
         along = normal[0] * ray_x + normal[1] * ray_y + normal[2]
     return np.divide(np.float32(-plane[3]), along, out=along)
+
+
+def _behind_line(line, rays) -> np.ndarray:
+    """(h, w) bool: where line . (x, y, 1) <= 0 on a window's straight rays (a row and a column). Along a row the
+    sum is monotone in the column (the ray's x grows with it), so each row holds it on a run of columns from one
+    end: a sorted search per row, and no (h, w) sum."""
+    across = line[0] * rays[0][0] + line[2]
+    down = line[1] * rays[1][:, 0]
+    columns = np.arange(len(across), dtype=np.int16)  # (int16: the comparison below moves the fewest bytes)
+    # A sum of two numbers rounds to a number of its own sign: across + down <= 0 exactly when across <= -down.
+    if line[0] >= 0:  # across rises along the row: a run from the left
+        return columns < np.searchsorted(across, -down, side="right").astype(np.int16)[:, None]
+    return columns >= np.searchsorted(-across, down, side="left").astype(np.int16)[:, None]
 
 
 def _outer_sum(column, row, constant) -> np.ndarray:
