@@ -596,15 +596,15 @@ def _top_faces(points, planes, owner, up, params) -> tuple[np.ndarray, np.ndarra
 
 def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params) -> np.ndarray:
     """(h, w) int8: each window pixel's face, its index in planes, or -1 for none. Whole-window arrays throughout:
-    a plane's depth at every pixel of the window is one product of its rays (_plane_depth).
+    a plane's depth at every pixel of the window is one product of its rays (_plane_depths).
 
     Pixels with depth (measured: their depth, inf elsewhere) belong to their nearest plane, or to none when off
     every plane. Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a
     side's first pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the
     top plane: there, the far half of the tolerance is no longer top.
     """
-    for k, plane in enumerate(planes):
-        residual = _plane_depth(plane, rays).astype(measured.dtype, copy=False)
+    for k, residual in enumerate(_plane_depths(planes, rays)):
+        residual = residual.astype(measured.dtype, copy=False)
         if k == top:
             np.subtract(measured, residual, out=residual)  # beyond the plane: positive
             beyond_top = residual > tolerance / 2
@@ -780,16 +780,25 @@ def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
     return ray_x.ravel()[pixels], ray_y.ravel()[pixels]
 
 
-def _plane_depth(plane, rays) -> np.ndarray:
-    """Depth at which each pixel's ray (x, y, 1) meets the plane n . p + d = 0: -d / (n . ray); inf or negative
-    where it never does (rays parallel to the plane, or meeting it behind the camera)."""
-    normal = plane[:3].astype(np.float32)
+def _plane_depths(planes, rays) -> list:
+    """Depth (h, w) at which each pixel's ray (x, y, 1) meets each plane n . p + d = 0 of planes (K, 4): -d / (n . ray);
+    inf or negative where it never does (rays parallel to the plane, or meeting it behind the camera)."""
+    normals = planes[:, :3].astype(np.float32)
+    depths = (-planes[:, 3]).astype(np.float32)
     ray_x, ray_y = rays
-    if ray_x.shape[0] == 1:  # a row and a column
-        along = _outer_sum(normal[1] * ray_y[:, 0], normal[0] * ray_x[0], normal[2])
-    else:
-        along = normal[0] * ray_x + normal[1] * ray_y + normal[2]
-    return np.divide(np.float32(-plane[3]), along, out=along)
+    if ray_x.shape[0] > 1:
+        return [np.divide(depth, normal[0] * ray_x + normal[1] * ray_y + normal[2])
+                for normal, depth in zip(normals, depths, strict=True)]
+    # A row and a column: n . ray = (n_y y_i + n_x x_j) + n_z, each plane's as one matrix product [n_y y_i, 1, 1]
+    # [1, n_x x_j, n_z]^T: the same exact products summed in the same order, in a third of the time of numpy's
+    # broadcast sum (which runs its inner loop once per row). The factors of all planes are made at once.
+    left = np.ones((len(planes), len(ray_y), 3), np.float32)
+    np.multiply(normals[:, 1:2], ray_y[:, 0], out=left[:, :, 0])
+    right = np.ones((len(planes), 3, ray_x.shape[1]), np.float32)
+    np.multiply(normals[:, :1], ray_x[0], out=right[:, 1])
+    right[:, 2] = normals[:, 2:]
+    along = [own_left @ own_right for own_left, own_right in zip(left, right, strict=True)]
+    return [np.divide(depth, own, out=own) for depth, own in zip(depths, along, strict=True)]
 
 
 def _behind_line(line, rays) -> np.ndarray:
@@ -803,21 +812,6 @@ def _behind_line(line, rays) -> np.ndarray:
     if line[0] >= 0:  # across rises along the row: a run from the left
         return columns < np.searchsorted(across, -down, side="right").astype(np.int16)[:, None]
     return columns >= np.searchsorted(-across, down, side="left").astype(np.int16)[:, None]
-
-
-def _outer_sum(column, row, constant) -> np.ndarray:
-    """(h, w): (column_i + row_j) + constant of an (h,) and a (w,) array, as one matrix product [column, 1, 1]
-    [1, row, constant]^T: the same exact products summed in the same order, in a third of the time of numpy's
-    broadcast sum (which runs its inner loop once per row)."""
-    dtype = np.result_type(column, row, constant)
-    left = np.empty((len(column), 3), dtype)
-    left[:, 0] = column
-    left[:, 1:] = 1
-    right = np.empty((3, len(row)), dtype)
-    right[0] = 1
-    right[1] = row
-    right[2] = constant
-    return left @ right
 
 
 def _face_rectangles(ray_sets, planes, intrinsics) -> list:
