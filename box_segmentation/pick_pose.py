@@ -292,7 +292,8 @@ def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | C
     rays = intrinsics.normalised_grid(x, y, w, h) if frame_rays is None else (frame_rays[0][:, x:x + w],
                                                                               frame_rays[1][y:y + h])
     thinned = np.empty((3, len(thin)), np.result_type(depth, rays[0]))
-    z = np.take(depth.ravel(), thin, out=thinned[2])
+    z = thinned[2]
+    z[:] = depth.flat[thin]  # (the window is a view into the image: depth.ravel() would copy it whole)
     ray_x, ray_y = _rays_at(rays, thin, w)
     np.multiply(ray_x, z, out=thinned[0])
     np.multiply(ray_y, z, out=thinned[1])
