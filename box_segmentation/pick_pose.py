@@ -781,15 +781,17 @@ def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
     return ray_x.ravel()[pixels], ray_y.ravel()[pixels]
 
 
-def _plane_depths(planes, rays) -> list:
-    """Depth (h, w) at which each pixel's ray (x, y, 1) meets each plane n . p + d = 0 of planes (K, 4): -d / (n . ray);
-    inf or negative where it never does (rays parallel to the plane, or meeting it behind the camera)."""
+def _plane_depths(planes, rays):
+    """Depth (h, w) at which each pixel's ray (x, y, 1) meets each plane n . p + d = 0 of planes (K, 4), plane by
+    plane: -d / (n . ray); inf or negative where it never does (rays parallel to the plane, or meeting it behind
+    the camera)."""
     normals = planes[:, :3].astype(np.float32)
     depths = (-planes[:, 3]).astype(np.float32)
     ray_x, ray_y = rays
     if ray_x.shape[0] > 1:
-        return [np.divide(depth, normal[0] * ray_x + normal[1] * ray_y + normal[2])
-                for normal, depth in zip(normals, depths, strict=True)]
+        for normal, depth in zip(normals, depths, strict=True):
+            yield np.divide(depth, normal[0] * ray_x + normal[1] * ray_y + normal[2])
+        return
     # A row and a column: n . ray = (n_y y_i + n_x x_j) + n_z, each plane's as one matrix product [n_y y_i, 1, 1]
     # [1, n_x x_j, n_z]^T: the same exact products summed in the same order, in a third of the time of numpy's
     # broadcast sum (which runs its inner loop once per row). The factors of all planes are made at once.
@@ -798,8 +800,9 @@ def _plane_depths(planes, rays) -> list:
     right = np.ones((len(planes), 3, ray_x.shape[1]), np.float32)
     np.multiply(normals[:, :1], ray_x[0], out=right[:, 1])
     right[:, 2] = normals[:, 2:]
-    along = [own_left @ own_right for own_left, own_right in zip(left, right, strict=True)]
-    return [np.divide(depth, own, out=own) for depth, own in zip(depths, along, strict=True)]
+    for depth, own_left, own_right in zip(depths, left, right, strict=True):
+        along = own_left @ own_right
+        yield np.divide(depth, along, out=along)
 
 
 def _behind_line(line, rays) -> np.ndarray:
