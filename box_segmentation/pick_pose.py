@@ -292,7 +292,8 @@ def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | C
     rays = intrinsics.normalised_grid(x, y, w, h) if frame_rays is None else (frame_rays[0][:, x:x + w],
                                                                               frame_rays[1][y:y + h])
     thinned = np.empty((3, len(thin)), np.result_type(depth, rays[0]))
-    z = np.take(depth.ravel(), thin, out=thinned[2])
+    z = thinned[2]
+    z[:] = depth.flat[thin]  # (the window is a view into the image: depth.ravel() would copy it whole)
     ray_x, ray_y = _rays_at(rays, thin, w)
     np.multiply(ray_x, z, out=thinned[0])
     np.multiply(ray_y, z, out=thinned[1])
@@ -373,9 +374,14 @@ def _depth_noise(depth, pixels, lag) -> float:
     np.subtract(inverse[:, :-2 * lag], second, out=second)
     second += inverse[:, 2 * lag:]
     inside = pixels[:, :-2 * lag] & pixels[:, lag:-lag] & pixels[:, 2 * lag:]
-    if not inside.any():
+    # Scaled on the whole window, then picked out once: one masked selection costs more than the arithmetic.
+    middle = depth[:, lag:-lag]
+    np.abs(second, out=second)
+    second *= middle * middle
+    scaled = second[inside]
+    if not len(scaled):
         return 0.0
-    return 1.4826 * _median(np.abs(second[inside]) * depth[:, lag:-lag][inside] ** 2) / math.sqrt(6)
+    return 1.4826 * _median(scaled) / math.sqrt(6)
 
 
 def _median(values) -> float:
@@ -591,15 +597,15 @@ def _top_faces(points, planes, owner, up, params) -> tuple[np.ndarray, np.ndarra
 
 def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params) -> np.ndarray:
     """(h, w) int8: each window pixel's face, its index in planes, or -1 for none. Whole-window arrays throughout:
-    a plane's depth at every pixel of the window is one product of its rays (_plane_depth).
+    a plane's depth at every pixel of the window is one product of its rays (_plane_depths).
 
     Pixels with depth (measured: their depth, inf elsewhere) belong to their nearest plane, or to none when off
     every plane. Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a
     side's first pixels past the crease, or a side seen edge-on, show as a strip of a few pixels just beyond the
     top plane: there, the far half of the tolerance is no longer top.
     """
-    for k, plane in enumerate(planes):
-        residual = _plane_depth(plane, rays).astype(measured.dtype, copy=False)
+    for k, residual in enumerate(_plane_depths(planes, rays)):
+        residual = residual.astype(measured.dtype, copy=False)
         if k == top:
             np.subtract(measured, residual, out=residual)  # beyond the plane: positive
             beyond_top = residual > tolerance / 2
@@ -615,8 +621,10 @@ def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params
         if k < len(planes) - 1:
             np.minimum(nearest, residual, out=nearest)
     on_top = owner == top
-    off_ring = _erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
-    owner -= (on_top & beyond_top & ~off_ring).view(np.int8) * np.int8(top + 1)  # top (the strip) to -1
+    strip = on_top & beyond_top
+    if strip.any():  # (none on clean depth: no ring to find)
+        off_ring = _erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
+        owner -= (strip & ~off_ring).view(np.int8) * np.int8(top + 1)  # top (the strip) to -1
     return owner
 
 
@@ -637,17 +645,24 @@ def _top_outline(window, params) -> tuple[np.ndarray, np.ndarray]:
         no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
         region = mask & (gap <= params.fill_px) & (window.owner[has_depth] == window.top)[nearest - 1]
+    # The top is often a fraction of its window (which holds the sides too): from here on, only its bounding box
+    # and a pixel round it (so that the opening meets its edge as in the whole window) are worked on.
+    left, upper, width, height = cv2.boundingRect(region.view(np.uint8))
+    box_rows, box_columns = slice(max(upper - 1, 0), upper + height + 1), slice(max(left - 1, 0), left + width + 1)
+    region = region[box_rows, box_columns]
+    rays = ((rays[0][:, box_columns], rays[1][box_rows]) if straight
+            else (rays[0][box_rows, box_columns], rays[1][box_rows, box_columns]))
     for side in window.sides:
         # Behind the side's outer surface where the pixel's ray r meets the top plane (n, d), at z r with
         # z = -d / (n . r) > 0: s . z r + s_d <= 0, that is (d s - s_d n) . r <= 0, a half-plane of the image.
         line = plane[3] * side[:3] - side[3] * plane[:3]
-        if straight:  # (a <= -b exactly when a + b <= 0)
-            region &= _outer_sum(line[1] * rays[1][:, 0], line[0] * rays[0][0] + line[2], 0.0) <= 0
+        if straight:
+            region &= _behind_line(line, rays)
         else:
             region &= line[1] * rays[1] <= -(line[0] * rays[0] + line[2])
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
-    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+    region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, None)  # (None: a 3x3 square)
     # The rectangle around the pieces is the one around their convex hulls, which their outer outlines hold: the
     # ends of each straight run of them where the rays are straight in the image, all of them where lens
     # distortion bends the rays. OpenCV's pieces are 8-connected, as connectedComponents' are.
@@ -752,8 +767,8 @@ def _square_to_sides(tops, sides) -> tuple[np.ndarray, list]:
 def _erode(mask, radius) -> np.ndarray:
     """cv2.erode by a (2 radius + 1)² square, with nothing beyond the window: a mask ends at its window's edge
     (OpenCV's default border would carry it on, so the mask's outermost pixels would never be its edge)."""
-    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1,) * 2)
-    return cv2.erode(mask, square, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    # (No kernel: OpenCV's 3x3 square, which it widens to the (2 radius + 1)² one for `radius` iterations.)
+    return cv2.erode(mask, None, iterations=radius, borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
@@ -766,31 +781,41 @@ def _rays_at(rays, pixels, width) -> tuple[np.ndarray, np.ndarray]:
     return ray_x.ravel()[pixels], ray_y.ravel()[pixels]
 
 
-def _plane_depth(plane, rays) -> np.ndarray:
-    """Depth at which each pixel's ray (x, y, 1) meets the plane n . p + d = 0: -d / (n . ray); inf or negative
-    where it never does (rays parallel to the plane, or meeting it behind the camera)."""
-    normal = plane[:3].astype(np.float32)
+def _plane_depths(planes, rays):
+    """Depth (h, w) at which each pixel's ray (x, y, 1) meets each plane n . p + d = 0 of planes (K, 4), plane by
+    plane: -d / (n . ray); inf or negative where it never does (rays parallel to the plane, or meeting it behind
+    the camera)."""
+    normals = planes[:, :3].astype(np.float32)
+    depths = (-planes[:, 3]).astype(np.float32)
     ray_x, ray_y = rays
-    if ray_x.shape[0] == 1:  # a row and a column
-        along = _outer_sum(normal[1] * ray_y[:, 0], normal[0] * ray_x[0], normal[2])
-    else:
-        along = normal[0] * ray_x + normal[1] * ray_y + normal[2]
-    return np.divide(np.float32(-plane[3]), along, out=along)
+    if ray_x.shape[0] > 1:
+        for normal, depth in zip(normals, depths, strict=True):
+            yield np.divide(depth, normal[0] * ray_x + normal[1] * ray_y + normal[2])
+        return
+    # A row and a column: n . ray = (n_y y_i + n_x x_j) + n_z, each plane's as one matrix product [n_y y_i, 1, 1]
+    # [1, n_x x_j, n_z]^T: the same exact products summed in the same order, in a third of the time of numpy's
+    # broadcast sum (which runs its inner loop once per row). The factors of all planes are made at once.
+    left = np.ones((len(planes), len(ray_y), 3), np.float32)
+    np.multiply(normals[:, 1:2], ray_y[:, 0], out=left[:, :, 0])
+    right = np.ones((len(planes), 3, ray_x.shape[1]), np.float32)
+    np.multiply(normals[:, :1], ray_x[0], out=right[:, 1])
+    right[:, 2] = normals[:, 2:]
+    for depth, own_left, own_right in zip(depths, left, right, strict=True):
+        along = own_left @ own_right
+        yield np.divide(depth, along, out=along)
 
 
-def _outer_sum(column, row, constant) -> np.ndarray:
-    """(h, w): (column_i + row_j) + constant of an (h,) and a (w,) array, as one matrix product [column, 1, 1]
-    [1, row, constant]^T: the same exact products summed in the same order, in a third of the time of numpy's
-    broadcast sum (which runs its inner loop once per row)."""
-    dtype = np.result_type(column, row, constant)
-    left = np.empty((len(column), 3), dtype)
-    left[:, 0] = column
-    left[:, 1:] = 1
-    right = np.empty((3, len(row)), dtype)
-    right[0] = 1
-    right[1] = row
-    right[2] = constant
-    return left @ right
+def _behind_line(line, rays) -> np.ndarray:
+    """(h, w) bool: where line . (x, y, 1) <= 0 on a window's straight rays (a row and a column). Along a row the
+    sum is monotone in the column (the ray's x grows with it), so each row holds it on a run of columns from one
+    end: a sorted search per row, and no (h, w) sum."""
+    across = line[0] * rays[0][0] + line[2]
+    down = line[1] * rays[1][:, 0]
+    columns = np.arange(len(across), dtype=np.int16)  # (int16: the comparison below moves the fewest bytes)
+    # A sum of two numbers rounds to a number of its own sign: across + down <= 0 exactly when across <= -down.
+    if line[0] >= 0:  # across rises along the row: a run from the left
+        return columns < np.searchsorted(across, -down, side="right").astype(np.int16)[:, None]
+    return columns >= np.searchsorted(-across, down, side="left").astype(np.int16)[:, None]
 
 
 def _face_rectangles(ray_sets, planes, intrinsics) -> list:
