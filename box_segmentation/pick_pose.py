@@ -709,8 +709,10 @@ def _moments(points) -> tuple[int, np.ndarray, np.ndarray]:
     # Not cv2.calcCovarMatrix: twice as fast, but its worker threads can spin on after each call, CPU time taken
     # from the rest of the node (measured once: 40% more CPU than wall time for the poses).
     mean = points.sum(axis=1, dtype=np.float64) / points.shape[1]
-    offsets = points - mean.astype(points.dtype)[:, None]
-    return points.shape[1], mean, (offsets @ offsets.T).astype(np.float64)
+    # Offsets from float32 points are exact to a few 1e-8 m; their products are summed in float64, as a face's
+    # squared residuals (what weighs it in _square_to_sides) are 1e-5 of the scatter's entries at 1 mm noise.
+    offsets = (points - mean.astype(points.dtype)[:, None]).astype(np.float64)
+    return points.shape[1], mean, offsets @ offsets.T
 
 
 def _least_spread(scatter, mean) -> np.ndarray:

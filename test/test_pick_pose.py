@@ -10,6 +10,7 @@ import synthetic
 from rclpy.serialization import deserialize_message, serialize_message
 from synthetic.stereo_depth import stereo_depth, stereo_frames
 
+from box_segmentation import pick_pose
 from box_segmentation.depth_filter import TemporalDepthAverage
 from box_segmentation.masks import BoxCrop, describe
 from box_segmentation.messages import add_poses, to_box_masks
@@ -545,3 +546,17 @@ if __name__ == "__main__":  # the figures in README's pick-pose section
             tops, top_off, joint_off = normal_floor(distance, scenes)
             print(f"          true pixels of {tops} well-seen tops of one frame, normals over 3 deg: {top_off} from "
                   f"the top alone, {joint_off} with the sides square to it")
+
+
+def test_a_faces_scatter_keeps_its_squared_residuals():
+    # A face weighs by its points over its squared residuals, read off its scatter matrix across the plane: 1e-5
+    # of the matrix's entries here (50,000 points 2 m away, 0.2 mm noise), which float32 sums lose (7e-3 off).
+    rng = np.random.default_rng(0)
+    normal = np.array([0.1, -0.2, 1.0]) / np.linalg.norm([0.1, -0.2, 1.0])
+    along = np.linalg.svd(normal[None])[2][1:]  # two directions in the plane
+    points = (np.array([0.3, -0.2, 2.0])[:, None] + along.T @ rng.uniform(-0.2, 0.2, size=(2, 50_000))
+              + normal[:, None] * rng.normal(0, 0.0002, 50_000)).astype(np.float32)
+    offsets = points.astype(np.float64) - points.astype(np.float64).mean(axis=1, keepdims=True)
+    count, mean, scatter = pick_pose._moments(points)
+    assert count == 50_000 and mean == pytest.approx(points.astype(np.float64).mean(axis=1))
+    assert normal @ scatter @ normal == pytest.approx(np.sum((normal @ offsets) ** 2), rel=1e-5)
