@@ -25,7 +25,6 @@ rank (box_segmentation.pick_pose), in the camera optical frame of the image's he
 Run: ros2 run box_segmentation segment_node --ros-args -p checkpoint:=/path/model.pt -r image:=/camera/image_raw
 """
 
-import contextlib
 import gc
 import signal
 import sys
@@ -442,8 +441,15 @@ class RequestService:
         self._thread.start()
 
     def _spin(self) -> None:
-        with contextlib.suppress(ExternalShutdownException):  # the process is stopping
+        try:
             self._executor.spin()
+        except ExternalShutdownException:
+            pass  # the process is stopping
+        except Exception:
+            if self._node.context.ok():
+                raise
+            # A stop signal wakes the executors before it shuts the context down: this one went round again and
+            # built its next wait set on the context just shut down (RCLError). A normal stop too, as in main.
 
     def close(self) -> None:
         self._executor.shutdown()
