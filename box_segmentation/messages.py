@@ -7,7 +7,6 @@ A pick planner in Python reads the masks with two lines:
 With depth, add_poses fills each box's pick pose fields from pick_pose.estimate_poses and pick_order.
 """
 
-
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, Quaternion
