@@ -160,6 +160,7 @@ class Segmenter:
                     and rgb.size > 0):
                 raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {getattr(rgb, 'shape', type(rgb))} "
                                  f"{getattr(rgb, 'dtype', '')}")
+            self._check_proportions(*rgb.shape[:2])
         sizes = [rgb.shape[:2] for rgb in images]
         start = time.perf_counter()
         results = []
@@ -178,6 +179,20 @@ class Segmenter:
         self.last_timings = {"preprocess": preprocessed - start, "infer": inferred - preprocessed,
                              "postprocess": done - inferred, "total": done - start}
         return results
+
+    def _check_proportions(self, height: int, width: int) -> None:
+        """Refuses an image the model cannot resize: its transform scales by min(min_size / short side, max_size /
+        long side), in float32, and floors the sizes, so past about max_size : 1 the short side becomes 0 pixels and
+        inference fails deep inside torch ("Input and output sizes should be greater than 0")."""
+        transform = self.model.transform
+        sides = torch.tensor([height, width], dtype=torch.float32)
+        # torchvision's own expression, in torch: its roundings (a float over a tensor is a reciprocal, then a
+        # product) decide the limit, which falls either side of max_size : 1.
+        scale = torch.min(float(transform.min_size[-1]) / sides.min(), float(transform.max_size) / sides.max()).item()
+        if int(height * scale) < 1 or int(width * scale) < 1:
+            raise ValueError(f"a {width}x{height} image is too elongated for this model: it scales images to at most "
+                             f"{transform.max_size} pixels on their long side, which leaves the short side under one "
+                             f"pixel (sides up to about {transform.max_size}:1 can be segmented)")
 
     def _instances(self, boxes, scores, labels, shapes) -> list[Instance]:
         instances = []

@@ -128,6 +128,32 @@ def test_bad_image_is_refused(segmenter):
         segmenter(np.zeros((0, 10, 3), np.uint8))
 
 
+def test_an_image_too_elongated_for_the_model_is_refused_by_name(segmenter):
+    # The model (max_size 160) scales a 1x161 image's short side to 0 pixels: a clear error, not torch's deep one.
+    with pytest.raises(ValueError, match="161x1 image is too elongated"):
+        segmenter(np.zeros((1, 161, 3), np.uint8))
+    assert len(segmenter.segment_batch([np.zeros((160, 1, 3), np.uint8), np.zeros((3, 480, 3), np.uint8)])) == 2
+
+
+@pytest.mark.parametrize("short", [1, 2, 3, 7, 49, 97])
+def test_the_proportions_refused_are_those_torchvisions_resize_cannot_take(segmenter, short):
+    # At max_size : 1 exactly, the float32 scale rounds either way: torchvision's own transform says which side of
+    # the limit an image falls on.
+    for height, width in ((short, 160 * short - 1), (short, 160 * short), (short, 160 * short + 1),
+                          (160 * short, short)):
+        try:
+            segmenter.model.transform.resize(torch.zeros(3, height, width))
+            torchvision_takes_it = True
+        except RuntimeError:
+            torchvision_takes_it = False
+        try:
+            segmenter._check_proportions(height, width)
+            refused = False
+        except ValueError:
+            refused = True
+        assert refused != torchvision_takes_it, (height, width)
+
+
 def test_nothing_above_the_threshold_gives_no_instances(checkpoint, image):
     segmenter = Segmenter(checkpoint, device="cpu", score_threshold=1.0)
     assert segmenter(image) == []
