@@ -813,11 +813,13 @@ def _behind_line(line, rays) -> np.ndarray:
     end: a sorted search per row, and no (h, w) sum."""
     across = line[0] * rays[0][0] + line[2]
     down = line[1] * rays[1][:, 0]
-    columns = np.arange(len(across), dtype=np.int16)  # (int16: the comparison below moves the fewest bytes)
+    # The smallest integers that hold every column and the row's end (the comparison moves the fewest bytes).
+    index = np.min_scalar_type(len(across))
+    columns = np.arange(len(across), dtype=index)
     # A sum of two numbers rounds to a number of its own sign: across + down <= 0 exactly when across <= -down.
     if line[0] >= 0:  # across rises along the row: a run from the left
-        return columns < np.searchsorted(across, -down, side="right").astype(np.int16)[:, None]
-    return columns >= np.searchsorted(-across, down, side="left").astype(np.int16)[:, None]
+        return columns < np.searchsorted(across, -down, side="right").astype(index)[:, None]
+    return columns >= np.searchsorted(-across, down, side="left").astype(index)[:, None]
 
 
 def _face_rectangles(ray_sets, planes, intrinsics) -> list:

@@ -560,3 +560,15 @@ def test_a_faces_scatter_keeps_its_squared_residuals():
     count, mean, scatter = pick_pose._moments(points)
     assert count == 50_000 and mean == pytest.approx(points.astype(np.float64).mean(axis=1))
     assert normal @ scatter @ normal == pytest.approx(np.sum((normal @ offsets) ** 2), rel=1e-5)
+
+
+def test_the_half_plane_behind_a_crease_holds_on_windows_of_any_width():
+    # _behind_line finds each row's run by a sorted search, with column indices in the smallest integer type that
+    # holds them: a window wider than 32,767 pixels (a 100 MP image allows 44,000) must not wrap them.
+    rng = np.random.default_rng(1)
+    for width in (5, 300, 40_000):
+        rays = (np.linspace(-0.6, 0.6, width, dtype=np.float32)[None],
+                np.linspace(-0.4, 0.4, 50, dtype=np.float32)[:, None])
+        for line in rng.normal(size=(10, 3)):
+            expected = line[1] * rays[1] + (line[0] * rays[0] + line[2]) <= 0
+            np.testing.assert_array_equal(pick_pose._behind_line(line, rays), expected)
