@@ -145,7 +145,7 @@ STEREO_SCENES = {1.0: [("pallet", 2), ("loose", 6), ("pallet", 11), ("loose", 13
 ACCURATE_SHARE = {1.0: 0.95, 1.5: 0.95, 2.5: 0.85}
 # What a depalletising cell does about that floor: the pallet holds still between picks and the noise changes from
 # frame to frame, so the node averages depth frames (depth_average_frames). Over those 137 tops one frame gets 120
-# within BOUNDS_STEREO, the average of 2 frames 129, of 3 and of 4 134, of 6 136, of 8 135: the 95 % from
+# within BOUNDS_STEREO, the average of 2 frames 130, of 3 133, of 4 136, of 6 135, of 8 136: the 95 % from
 # 3 frames on. The tests take 4 (0.13 s of a 30 Hz camera), one frame of margin.
 AVERAGED_FRAMES = 4
 BOUNDS_STEREO = {"position": 0.015, "normal_deg": 3.0, "size": 0.015}
