@@ -68,6 +68,12 @@ class PoseStatus(enum.IntEnum):
     NO_TOP_FACE = 4
 
 
+# Depth outside this range (metres) is no camera's measurement but garbage (a broken driver, a bad bag): it counts as
+# missing, as 0 and NaN do. It also keeps the float32 geometry finite: 1e-38 m once gave an OK pose of NaNs, 3e38 m
+# (points past float32's range) an eigensolver error that lost the whole frame's poses.
+DEPTH_RANGE_M = (1e-3, 1e3)
+
+
 @dataclass(frozen=True)
 class PoseParams:
     erode_px: int = 2  # mask erosion before fitting
@@ -129,8 +135,9 @@ def depth_to_metres(depth: np.ndarray, encoding: str, image_size: tuple[int, int
     """(H, W) float32 metres, NaN where the camera measured nothing.
 
     encoding: "16UC1" or "mono16" (integer units, divisor of them per metre: 1000 = millimetres, the ROS convention;
-    0 = missing) or "32FC1" (metres; 0, NaN and inf = missing; divisor unused). image_size is the colour
-    image's (height, width): the depth must be registered to it pixel for pixel.
+    0 = missing) or "32FC1" (metres; 0, NaN and inf = missing; divisor unused); depth outside DEPTH_RANGE_M is
+    missing too. image_size is the colour image's (height, width): the depth must be registered to it pixel for
+    pixel.
     """
     height, width = image_size
     if depth.ndim != 2 or depth.shape != (height, width):
@@ -141,7 +148,7 @@ def depth_to_metres(depth: np.ndarray, encoding: str, image_size: tuple[int, int
         metres = depth.astype(np.float32) / np.float32(divisor)
     else:  # 32FC1
         metres = depth.astype(np.float32, copy=True)
-    metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
+    metres[~_measured(metres)] = np.nan
     return metres
 
 
@@ -149,14 +156,16 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
                    up=None) -> list[CartonPose]:
     """The top-face pose of every instance (anything with .roi and .mask), in the instances' order.
 
-    depth_m: (H, W) float32 metres aligned to the image the masks came from, 0 or NaN = missing.
+    depth_m: (H, W) float32 metres aligned to the image the masks came from; 0, NaN or outside DEPTH_RANGE_M =
+    missing.
     up: gravity-up in the camera frame, or None (see the module docstring for how the top face is chosen).
     """
     rng = np.random.default_rng(params.seed)
     up = None if up is None else _unit(np.asarray(up, dtype=np.float64))
     # Missing depth (NaN) and rays parallel to a plane (division by zero) are expected throughout, and their
-    # results (NaN, inf) compare false where it matters: one errstate for the frame, not one per small step.
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # results (NaN, inf) compare false where it matters, as does whole-window arithmetic overflowing on depth
+    # outside DEPTH_RANGE_M: one errstate for the frame, not one per small step.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         frame_rays = None if intrinsics.distorted else intrinsics.normalised_grid(0, 0, *depth_m.shape[::-1])
         fitted = [_fit_points(instance.roi, instance.mask, depth_m, intrinsics, frame_rays, params)
                   for instance in instances]
@@ -281,7 +290,7 @@ def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | C
     image's Intrinsics.normalised_grid without lens distortion (its row and column, sliced here), else None."""
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
-    has_depth = depth > 0  # NaN compares false
+    has_depth = _measured(depth)
     eroded = _erode(mask, params.erode_px).view(bool)  # Instance.mask holds 0 and 1
     on_mask = eroded & has_depth
     # Flat indices throughout: a fifth of the cost of (row, column) pairs on windows this small.
@@ -765,6 +774,12 @@ def _square_to_sides(tops, sides) -> tuple[np.ndarray, list]:
     normals = normals @ np.swapaxes(turns, 1, 2)
     planes = np.concatenate([normals, -np.sum(normals * means, axis=2, keepdims=True)], axis=2)
     return planes[:, 0], [own_planes[1:len(own) + 1] for own_planes, own in zip(planes, sides, strict=True)]
+
+
+def _measured(depth) -> np.ndarray:
+    """bool: where depth (metres) is within DEPTH_RANGE_M (NaN compares false)."""
+    nearest, farthest = (np.float32(bound) for bound in DEPTH_RANGE_M)  # (float64 bounds would upcast the depth)
+    return (depth >= nearest) & (depth <= farthest)
 
 
 def _erode(mask, radius) -> np.ndarray:

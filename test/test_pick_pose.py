@@ -337,6 +337,31 @@ def test_bad_depth_is_flagged_not_guessed():
                for flipped, pose in zip(upside_down, poses, strict=True) if pose.status == PoseStatus.OK)
 
 
+@pytest.mark.parametrize(("seed", "kind", "garbage", "wide_angle"), [
+    (5, "trunk", 1e-38, False),  # once an OK pose of NaNs
+    (11, "pallet", 3e38, True),  # points past float32's range on rays past 45 degrees: once LinAlgError, no poses
+])
+def test_depth_no_camera_measures_is_missing(seed, kind, garbage, wide_angle):
+    """A float depth image's values outside DEPTH_RANGE_M (a broken driver's, a bad bag's) count as missing, in
+    estimate_poses as in depth_to_metres: the poses are those of the same depth with NaN there."""
+    scene, _, instances = scene_and_instances(seed, kind)
+    camera = intrinsics(scene)
+    if wide_angle:  # the same pixels seen through a lens four times as wide
+        camera = Intrinsics(camera.fx / 4, camera.fy / 4, camera.cx, camera.cy)
+    depth = scene.depth.astype(np.float32) / 1000
+    missing = depth.copy()
+    depth[:, int(0.7 * WIDTH):] = garbage
+    missing[:, int(0.7 * WIDTH):] = np.nan
+    poses = estimate_poses(instances, depth, camera, up=up_in_camera(scene))
+    expected = estimate_poses(instances, missing, camera, up=up_in_camera(scene))
+    assert any(pose.status == PoseStatus.OK for pose in expected)
+    for pose, same in zip(poses, expected, strict=True):
+        assert pose.status == same.status and pose.points == same.points
+        if pose.status == PoseStatus.OK:
+            np.testing.assert_array_equal(pose.position, same.position)
+    np.testing.assert_array_equal(depth_to_metres(depth, "32FC1", (HEIGHT, WIDTH)), missing)
+
+
 def test_pose_orientation_is_the_face_normal_and_long_edge():
     scene, labels, instances = scene_and_instances(11, "pallet")
     poses = estimate_poses(instances, scene.depth / 1000.0, intrinsics(scene), up=up_in_camera(scene))
@@ -417,6 +442,11 @@ def test_depth_to_metres_units_and_missing_values():
     metres = depth_to_metres(floats, "32FC1", (2, 2))
     assert metres[0, 1] == 1.5 and np.isnan(metres[[0, 1, 1], [0, 0, 1]]).all()
     assert floats[0, 0] == 0, "the input is left alone"
+    # No camera measures under a millimetre or beyond a kilometre: garbage, so missing (DEPTH_RANGE_M).
+    extremes = np.array([[1e-38, 0.001, 1000.0, 3e38]], np.float32)
+    np.testing.assert_array_equal(depth_to_metres(extremes, "32FC1", (1, 4)),
+                                  np.float32([[np.nan, 0.001, 1000.0, np.nan]]))
+    np.testing.assert_array_equal(depth_to_metres(np.array([[1]], np.uint16), "16UC1", (1, 1)), np.float32([[0.001]]))
     with pytest.raises(ValueError, match="8UC1"):
         depth_to_metres(millimetres, "8UC1", (2, 2))
 
