@@ -74,6 +74,9 @@ def full_frame_masks(msg: BoxMasks) -> np.ndarray:
     frames = np.zeros((len(msg.boxes), msg.height, msg.width), dtype=np.uint8)
     for frame, box in zip(frames, msg.boxes, strict=True):
         roi = box.roi
+        if roi.x_offset + roi.width > msg.width or roi.y_offset + roi.height > msg.height:
+            raise ValueError(f"box {box.id}: roi {roi.width}x{roi.height} at ({roi.x_offset}, {roi.y_offset}) "
+                             f"reaches past the {msg.width}x{msg.height} image")
         frame[roi.y_offset:roi.y_offset + roi.height, roi.x_offset:roi.x_offset + roi.width] = _mask_of(box)
     return frames
 

@@ -75,3 +75,8 @@ def test_empty_and_inconsistent_messages():
     msg.boxes[0].roi.width += 1
     with pytest.raises(ValueError, match="mask has"):
         cropped_masks(msg)
+    # A roi past the image's edge (numpy would clip the frame's slice and fail to broadcast the mask into it).
+    msg = to_box_masks(random_instances(1), header(), HEIGHT, WIDTH)
+    msg.width = msg.boxes[0].roi.x_offset + msg.boxes[0].roi.width - 1
+    with pytest.raises(ValueError, match=r"box 0: roi \d+x\d+ at \(\d+, \d+\) reaches past the \d+x\d+ image"):
+        full_frame_masks(msg)
