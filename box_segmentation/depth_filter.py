@@ -22,10 +22,13 @@ Running sums: the cost per frame is a few passes over the image whatever the win
 
 import numpy as np
 
+from box_segmentation.pick_pose import measured_depth
+
 
 class TemporalDepthAverage:
-    """Feed depth frames (metres, float; 0 or NaN = no depth) of one camera in order with add(); each call returns
-    the averaged depth (float32 metres, NaN = none) of the last `frames` frames."""
+    """Feed depth frames (metres, float; 0, NaN or outside pick_pose.DEPTH_RANGE_M = no depth) of one camera in
+    order with add(); each call returns the averaged depth (float32 metres, NaN = none) of the last `frames`
+    frames."""
 
     def __init__(self, frames: int, depth_step_at_1m: float = 0.0025, reset_steps: float = 4.0):
         if frames < 1:
@@ -56,8 +59,8 @@ class TemporalDepthAverage:
         self._count -= self._valid[slot]
         self._age += self._age < self.frames
 
-        with np.errstate(invalid="ignore"):  # NaN compares false: no depth
-            measured = depth > 0
+        # Outside pick_pose.DEPTH_RANGE_M (inf too) is no depth: one inf summed in would leave the pixel NaN for good.
+        measured = measured_depth(depth)
         value = np.where(measured, depth, np.float32(0)).astype(np.float32, copy=False)
         mean = self._mean()
         tolerance = np.float32(self.reset_steps * self.depth_step_at_1m) * mean * mean

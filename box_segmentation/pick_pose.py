@@ -130,6 +130,12 @@ class CartonPose:
         return None if self.rotation is None else quaternion_from_matrix(self.rotation)
 
 
+def measured_depth(depth) -> np.ndarray:
+    """bool: where depth (metres) is within DEPTH_RANGE_M (NaN compares false)."""
+    nearest, farthest = (np.float32(bound) for bound in DEPTH_RANGE_M)  # (float64 bounds would upcast the depth)
+    return (depth >= nearest) & (depth <= farthest)
+
+
 def depth_to_metres(depth: np.ndarray, encoding: str, image_size: tuple[int, int],
                     divisor: float = 1000.0) -> np.ndarray:
     """(H, W) float32 metres, NaN where the camera measured nothing.
@@ -148,7 +154,7 @@ def depth_to_metres(depth: np.ndarray, encoding: str, image_size: tuple[int, int
         metres = depth.astype(np.float32) / np.float32(divisor)
     else:  # 32FC1
         metres = depth.astype(np.float32, copy=True)
-    metres[~_measured(metres)] = np.nan
+    metres[~measured_depth(metres)] = np.nan
     return metres
 
 
@@ -290,7 +296,7 @@ def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | C
     image's Intrinsics.normalised_grid without lens distortion (its row and column, sliced here), else None."""
     x, y, w, h = roi
     depth = depth_m[y:y + h, x:x + w]
-    has_depth = _measured(depth)
+    has_depth = measured_depth(depth)
     eroded = _erode(mask, params.erode_px).view(bool)  # Instance.mask holds 0 and 1
     on_mask = eroded & has_depth
     # Flat indices throughout: a fifth of the cost of (row, column) pairs on windows this small.
@@ -774,12 +780,6 @@ def _square_to_sides(tops, sides) -> tuple[np.ndarray, list]:
     normals = normals @ np.swapaxes(turns, 1, 2)
     planes = np.concatenate([normals, -np.sum(normals * means, axis=2, keepdims=True)], axis=2)
     return planes[:, 0], [own_planes[1:len(own) + 1] for own_planes, own in zip(planes, sides, strict=True)]
-
-
-def _measured(depth) -> np.ndarray:
-    """bool: where depth (metres) is within DEPTH_RANGE_M (NaN compares false)."""
-    nearest, farthest = (np.float32(bound) for bound in DEPTH_RANGE_M)  # (float64 bounds would upcast the depth)
-    return (depth >= nearest) & (depth <= farthest)
 
 
 def _erode(mask, radius) -> np.ndarray:

@@ -48,6 +48,17 @@ def test_holes_add_nothing_and_a_pixel_needs_depth_in_half_of_its_frames():
     assert average.add(np.array([[1.006, 3.0, 0.0, np.nan]], np.float32))[0, :2] == pytest.approx([1.004, 3.0])
 
 
+def test_depth_no_camera_measures_adds_nothing():
+    """inf (REP 117's 'too far') and values outside pick_pose.DEPTH_RANGE_M are holes: one inf once entered the
+    running sum and left the pixel NaN for good, after the frame had left the window too."""
+    average = TemporalDepthAverage(2)
+    average.add(np.array([[1.0, 1.0, 1.0]], np.float32))
+    assert average.add(np.array([[np.inf, 3e38, 1e-38]], np.float32))[0] == pytest.approx([1.0, 1.0, 1.0])
+    for _ in range(2):
+        averaged = average.add(np.array([[1.0, 1.0, 1.0]], np.float32))[0]
+    assert averaged == pytest.approx([1.0, 1.0, 1.0])
+
+
 def test_a_jump_beyond_the_depth_steps_tolerance_restarts_the_pixel():
     """4 depth steps: 10 mm at 1 m, 62 mm at 2.5 m. A 20 mm jump is a scene change at 1 m, noise at 2.5 m."""
     average = TemporalDepthAverage(4)
