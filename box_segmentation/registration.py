@@ -18,6 +18,8 @@ from collections import deque
 import cv2
 import numpy as np
 
+from box_segmentation.pick_pose import measured_depth
+
 
 class RegistrationCheck:
     """add() from one thread and offset() from another is fine. Every `every`-th frame added is scored (about
@@ -38,7 +40,8 @@ class RegistrationCheck:
         self._dy, self._dx = (offsets.ravel() for offsets in np.meshgrid(span, span, indexing="ij"))
 
     def add(self, instances, depth_m: np.ndarray) -> None:
-        """One frame: the instances (.roi, .mask) and the depth (metres, NaN or 0 = none) aligned to their image."""
+        """One frame: the instances (.roi, .mask) and the depth (metres; 0, NaN or outside pick_pose.DEPTH_RANGE_M =
+        none) aligned to their image."""
         self._added += 1
         if (self._added - 1) % self.every:
             return
@@ -115,7 +118,7 @@ def _mask_edges(instances, image_size) -> tuple[np.ndarray, np.ndarray]:
 
 def _depth_edges(depth_m, edge_jump) -> np.ndarray:
     """(H, W) float32: 1 on the near side of each depth jump, blurred over a pixel so offsets score smoothly."""
-    depth = np.where(depth_m > 0, depth_m, 0).astype(np.float32)  # NaN compares false
+    depth = np.where(measured_depth(depth_m), depth_m, 0).astype(np.float32)
     # Holes take the farthest depth within 4 pixels: shadows beside an edge belong to the surface behind it.
     farthest = cv2.dilate(depth, np.ones((9, 9), np.uint8))
     filled = np.where(depth > 0, depth, farthest)

@@ -22,12 +22,13 @@ def scenes():
     return found
 
 
-def checked(scenes, shift):
+def checked(scenes, shift, hole=0.0):
+    """The offset found in the scenes' stereo depth shifted by `shift`, its holes `hole` metres."""
     check = RegistrationCheck()
     for index, (scene, instances) in enumerate(scenes):
         depth_mm, _ = stereo_depth(scene.depth, scene.labels, scene.top_face, scene.image, scene.camera,
                                    scene.cartons, np.random.default_rng(index), shift=shift)
-        check.add(instances, depth_mm.astype(np.float32) / 1000)
+        check.add(instances, np.where(depth_mm > 0, depth_mm / np.float32(1000), np.float32(hole)))
     return check.offset()
 
 
@@ -37,6 +38,12 @@ def test_a_shifted_depth_image_is_found(scenes, shift):
     assert offset is not None
     np.testing.assert_allclose(offset, shift, atol=0.5)
     assert math.hypot(*offset) > 2, "above the warning threshold"
+
+
+@pytest.mark.parametrize("hole", [np.nan, np.inf, 3e38])
+def test_holes_given_as_nan_inf_or_garbage_are_holes(scenes, hole):
+    # inf (REP 117's 'too far') once filled the holes beside depth edges with inf, and moved the edges.
+    assert checked(scenes, (3, 0), hole) == checked(scenes, (3, 0))
 
 
 def test_registered_depth_stays_quiet(scenes):
