@@ -13,8 +13,9 @@ which for a single (not stereo-rectified) camera is the identity anyway.
 
 Intrinsics that cannot be a camera (not finite, uncalibrated zeros, a field of view outside
 [MIN_FOV_DEG, MAX_FOV_DEG], the principal point outside the image, an unknown distortion model with
-non-zero coefficients) raise CameraInfoError naming the problem: a pose computed from them would be
-anywhere (fx = fy = 1e-30 put cartons at x = -1.6e32 m).
+non-zero coefficients, a distortion that undoes some pixel to no ray within that field of view) raise
+CameraInfoError naming the problem: a pose computed from them would be anywhere (fx = fy = 1e-30 put cartons at
+x = -1.6e32 m).
 """
 
 import functools
@@ -109,8 +110,22 @@ def camera_model_from_info(info, geometry: str = "raw") -> Intrinsics:
             raise CameraInfoError(f"{model} distortion needs {expected} coefficients, D has {len(coefficients)}")
         coefficients = coefficients[:expected]
     distorted = any(coefficients)
-    return Intrinsics(float(fx), float(fy), float(cx), float(cy), model if distorted else "",
-                      coefficients if distorted else (), width, height)
+    intrinsics = Intrinsics(float(fx), float(fy), float(cx), float(cy), model if distorted else "",
+                            coefficients if distorted else (), width, height)
+    if distorted and not _undistorts_to_rays(intrinsics):
+        raise CameraInfoError(f"{model} distortion D {list(coefficients)} is no lens's: undone, it takes some of the "
+                              f"{width}x{height} pixels to no ray (not finite, or beyond a {MAX_FOV_DEG:g}-degree "
+                              "field of view)")
+    return intrinsics
+
+
+@functools.lru_cache(maxsize=16)  # checked once per camera, on the table its poses use anyway
+def _undistorts_to_rays(intrinsics: Intrinsics) -> bool:
+    """Whether every pixel undistorts to a finite ray within MAX_FOV_DEG: OpenCV's iterative undistortion of
+    coefficients no lens has gives NaN, inf or rays far outside the image (they once made estimate_poses' planes
+    non-finite: LinAlgError, the frame's poses lost)."""
+    limit = math.tan(math.radians(MAX_FOV_DEG) / 2)
+    return all(np.isfinite(axis).all() and np.abs(axis).max() <= limit for axis in _undistorted_grid(intrinsics))
 
 
 def _undistort(intrinsics: Intrinsics, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,11 @@ def test_equidistant_and_zero_distortion():
     ({"model": "kannala_brandt"}, "distortion model 'kannala_brandt' is not one of"),
     ({"d": [0.1, 0.2]}, "plumb_bob distortion needs 5 coefficients, D has 2"),
     ({"width": 0}, "image size 0x480 is empty"),
+    # Coefficients no lens has, which OpenCV's undistortion takes to NaN or to rays far outside the image: once
+    # non-finite planes in estimate_poses (LinAlgError, the frame's poses lost).
+    ({"d": [-10, 0, 0, 0, 0]}, r"plumb_bob distortion D \[-10.0, 0.0, 0.0, 0.0, 0.0\] is no lens's"),
+    ({"model": "rational_polynomial", "d": [0, 0, 0, 0, 0, 1000, 0, 0]}, "is no lens's: undone, it takes some"),
+    ({"model": "equidistant", "d": [-1, 0, 0, 0]}, "beyond a 170-degree field of view"),
 ])
 def test_intrinsics_that_cannot_be_a_camera_are_refused(changes, problem):
     with pytest.raises(CameraInfoError, match=problem):
