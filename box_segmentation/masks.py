@@ -47,7 +47,7 @@ def shapes_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: t
     """
     flat, layout = _box_masks(mask_probs, boxes, threshold)
     height, width = image_size
-    for start, x1, y1, box_h, box_w in layout:
+    for start, x1, y1, box_h, box_w in layout.tolist():
         if x1 < 0 or y1 < 0 or x1 + box_w > width or y1 + box_h > height:
             # Pixels outside the image are not part of the mask (paste_mask_in_image drops them).
             box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
@@ -58,25 +58,26 @@ def shapes_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: t
     return _shapes(flat, layout)
 
 
-def _box_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, threshold: float) -> tuple[np.ndarray, list]:
+def _box_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Every box's thresholded mask, one after another in one flat uint8 (0/1) host buffer, and where each
-    lies: (start in the buffer, x1, y1 of the box in the image, box height, box width)."""
-    if len(boxes) == 0:
-        return np.zeros(0, np.uint8), []
-    layout, start = [], 0
-    for x1, y1, x2, y2 in _expanded_boxes(boxes.cpu().float().numpy(), mask_probs.shape[-1]).tolist():
-        box_h, box_w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
-        layout.append((start, x1, y1, box_h, box_w))
-        start += box_h * box_w
+    lies: the layout, an (N, 5) int64 array of rows (start in the buffer, x1, y1 of the box in the image, box height,
+    box width), kept in numpy as every later step reads its columns."""
+    x1, y1, x2, y2 = _expanded_boxes(boxes.cpu().float().numpy(), mask_probs.shape[-1]).T
+    heights, widths = np.maximum(y2 - y1 + 1, 1), np.maximum(x2 - x1 + 1, 1)
+    sizes = heights * widths
+    layout = np.stack([np.cumsum(sizes) - sizes, x1, y1, heights, widths], axis=1)
+    total = int(sizes.sum())
     if mask_probs.device.type == "cpu":
-        padded = np.pad(mask_probs.float().numpy(), ((0, 0), (1, 1), (1, 1)))  # expand_masks(padding=1)
-        return _box_masks_opencv(padded, layout, start, threshold), layout
+        # expand_masks(padding=1); not np.pad, whose Python takes ten times as long.
+        padded = np.zeros((len(mask_probs), mask_probs.shape[1] + 2, mask_probs.shape[2] + 2), np.float32)
+        padded[:, 1:-1, 1:-1] = mask_probs.float().numpy()
+        return _box_masks_opencv(padded, layout, total, threshold), layout
     # One resize per box (boxes differ in size) through the kernel F.interpolate calls, thresholded on the device;
     # only the thresholded bytes cross to the host, in one transfer (bool and uint8 share their bytes).
     padded, _ = expand_masks(mask_probs[:, None].float(), padding=1)
-    resized = torch.empty(max(box_h * box_w for _, _, _, box_h, box_w in layout), device=padded.device)
-    binary = torch.empty(start, dtype=torch.bool, device=padded.device)
-    for probs, (start, _, _, box_h, box_w) in zip(padded, layout, strict=True):
+    resized = torch.empty(int(sizes.max(initial=0)), device=padded.device)
+    binary = torch.empty(total, dtype=torch.bool, device=padded.device)
+    for probs, (start, _, _, box_h, box_w) in zip(padded, layout.tolist(), strict=True):
         size = box_h * box_w
         torch.ops.aten.upsample_bilinear2d.out(probs[None], [box_h, box_w], False,
                                                out=resized[:size].view(1, 1, box_h, box_w))
@@ -103,17 +104,17 @@ _OPENCV_DISAGREEMENT = 2e-5
 _TORCH_ROUNDING = 4e-7
 
 
-def _box_masks_opencv(padded: np.ndarray, layout: list, total: int, threshold: float) -> np.ndarray:
+def _box_masks_opencv(padded: np.ndarray, layout: np.ndarray, total: int, threshold: float) -> np.ndarray:
     """_box_masks on the CPU for probabilities in [0, 1], with the pixels of torch's bilinear kernel (which
     paste_masks_in_image uses) in half its time: each box is resized by OpenCV (six times faster than torch's
     kernel on one thread), and the few pixels OpenCV puts near the threshold are settled with torch's own
     weights (_settle_near_threshold)."""
-    resized = np.empty(max(box_h * box_w for _, _, _, box_h, box_w in layout), np.float32)  # stays in the CPU cache
+    resized = np.empty(int((layout[:, 3] * layout[:, 4]).max(initial=0)), np.float32)  # stays in the CPU cache
     above_low = np.empty(resized.size, bool)
     binary = np.empty(total, np.uint8)
     low, high = np.float32(threshold - _OPENCV_DISAGREEMENT), np.float32(threshold + _OPENCV_DISAGREEMENT)
     near_pixels = []
-    for probs, (start, _, _, box_h, box_w) in zip(padded, layout, strict=True):
+    for probs, (start, _, _, box_h, box_w) in zip(padded, layout.tolist(), strict=True):
         size = box_h * box_w
         cv2.resize(probs, (box_w, box_h), dst=resized[:size].reshape(box_h, box_w), interpolation=cv2.INTER_LINEAR)
         above_high = binary[start:start + size].view(bool)
@@ -126,11 +127,11 @@ def _box_masks_opencv(padded: np.ndarray, layout: list, total: int, threshold: f
     return binary
 
 
-def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: list, threshold: float,
+def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: np.ndarray, threshold: float,
                            binary: np.ndarray) -> None:
     """Set pixels (indices into binary) to torch's side of the threshold: their values recomputed exactly from
     torch's weights; a box with a pixel too close to call is resized again by torch's kernel."""
-    starts, _, _, heights, widths = (np.array(column) for column in zip(*layout, strict=True))
+    starts, _, _, heights, widths = layout.T
     box = np.searchsorted(starts, pixels, side="right") - 1
     y, x = np.divmod(pixels - starts[box], widths[box])
     rows, columns = _torch_bilinear_weights(y, heights[box], padded.shape[1]), _torch_bilinear_weights(
@@ -144,7 +145,7 @@ def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: list,
     above, below = (values > threshold + _TORCH_ROUNDING).all(0), (values < threshold - _TORCH_ROUNDING).all(0)
     binary[pixels[above]], binary[pixels[below]] = 1, 0
     for k in set(box[~(above | below)].tolist()):
-        start, _, _, box_h, box_w = layout[k]
+        start, _, _, box_h, box_w = layout[k].tolist()
         resized = torch.empty(1, 1, box_h, box_w)
         torch.ops.aten.upsample_bilinear2d.out(torch.from_numpy(padded[k])[None, None], [box_h, box_w], False,
                                                out=resized)
@@ -196,16 +197,16 @@ def describe(crop: BoxCrop) -> MaskShape | None:
     """Tight roi, cropped mask and shape measures of a box crop; None if the mask is empty."""
     box_h, box_w = crop.mask.shape
     ones = np.not_equal(crop.mask, 0).view(np.uint8).ravel()
-    return _shapes(ones, [(0, crop.x_offset, crop.y_offset, box_h, box_w)])[0] if ones.size else None
+    return _shapes(ones, np.array([[0, crop.x_offset, crop.y_offset, box_h, box_w]]))[0] if ones.size else None
 
 
-def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
+def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     """The shape of each mask in flat (0/1 bytes, masks one after another, each row by row; layout as _box_masks
     gives it), from the runs of ones along its rows: one pass over the pixels finds every run, and the areas,
     centroids, rois and rotated rectangles follow from the runs with numpy, for all masks at once."""
-    if not layout:
+    if not len(layout):
         return []
-    starts, _, _, heights, widths = (np.array(column, dtype=np.int64) for column in zip(*layout, strict=True))
+    starts, _, _, heights, widths = layout.T
     mask_of_row = np.repeat(np.arange(len(layout)), heights)
     row_in_mask = np.arange(mask_of_row.size) - np.repeat(np.cumsum(heights) - heights, heights)
     row_starts = starts[mask_of_row] + row_in_mask * widths[mask_of_row]
@@ -249,8 +250,9 @@ def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
     point_bounds = np.searchsorted(point_mask, np.arange(len(layout) + 1))
     shapes = [None] * len(layout)
     measures = (occupied, area, sum_x, sum_y, x_min, x_max, y_min, y_max)
+    boxes = layout.tolist()
     for k, count, sx, sy, x0, x1, y0, y1 in zip(*(values.tolist() for values in measures), strict=True):
-        start, x_offset, y_offset, box_h, box_w = layout[k]
+        start, x_offset, y_offset, box_h, box_w = boxes[k]
         box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
         shapes[k] = MaskShape(
             roi=(x_offset + x0, y_offset + y0, x1 + 1 - x0, y1 + 1 - y0),
