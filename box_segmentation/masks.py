@@ -136,13 +136,13 @@ def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: np.nd
     y, x = np.divmod(pixels - starts[box], widths[box])
     rows, columns = _torch_bilinear_weights(y, heights[box], padded.shape[1]), _torch_bilinear_weights(
         x, widths[box], padded.shape[2])
-    values = []
+    lowest = highest = None  # over the roundings tried (one, unless the probe could not tell)
     for (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) in ((row, column) for row in rows for column in columns):
         top = padded[box, y0, x0] * wx0 + padded[box, y0, x1] * wx1
         bottom = padded[box, y1, x0] * wx0 + padded[box, y1, x1] * wx1
-        values.append(top * wy0 + bottom * wy1)
-    values = np.stack(values)
-    above, below = (values > threshold + _TORCH_ROUNDING).all(0), (values < threshold - _TORCH_ROUNDING).all(0)
+        value = top * wy0 + bottom * wy1
+        lowest, highest = (value, value) if lowest is None else (np.minimum(lowest, value), np.maximum(highest, value))
+    above, below = lowest > threshold + _TORCH_ROUNDING, highest < threshold - _TORCH_ROUNDING
     binary[pixels[above]], binary[pixels[below]] = 1, 0
     for k in set(box[~(above | below)].tolist()):
         start, _, _, box_h, box_w = layout[k].tolist()
@@ -166,7 +166,7 @@ def _torch_bilinear_weights(positions: np.ndarray, output_sizes: np.ndarray, inp
     for rounding in roundings or _torch_roundings():
         source = np.maximum(sources[rounding](), np.float32(0))
         first = np.minimum(np.floor(source).astype(np.int64), input_size - 1)
-        second_weight = np.clip(source - first.astype(np.float32), np.float32(0), np.float32(1))
+        second_weight = np.minimum(np.maximum(source - first.astype(np.float32), np.float32(0)), np.float32(1))
         first_weight = np.float32(1) - second_weight  # rounded to float32, as torch stores it
         weights.append((first, first + (first < input_size - 1), first_weight.astype(np.float64),
                         second_weight.astype(np.float64)))
