@@ -253,6 +253,19 @@ def test_full_rows_and_single_pixels():
     assert shape.roi == (0, 0, 5, 5) and shape.area == 2 and shape.centroid == pytest.approx((2.5, 2.5))
 
 
+def test_changes_found_word_by_word_are_every_change():
+    # _changes pads to whole 8-byte words and reads hits back from the words' bytes: every length modulo 8, hits
+    # at the first and last position, none, and every position.
+    rng = np.random.default_rng(7)
+    for size in [*range(1, 34), 1000]:
+        for density in (0.0, 0.03, 0.5, 1.0):
+            ones = rng.random(size) < density
+            ones[-1] ^= size % 3 == 0
+            np.testing.assert_array_equal(masks._changes(ones), np.flatnonzero(ones[1:] != ones[:-1]) + 1)
+    alternating = np.arange(17) % 2 == 1
+    np.testing.assert_array_equal(masks._changes(alternating), np.arange(1, 17))
+
+
 def test_shapes_in_boxes_are_the_shapes_of_the_pasted_masks():
     """All boxes measured at once give what describe gives of torchvision's full-frame masks one by one: boxes
     across the image border, boxes smaller than the mask (their masks reach the box edge), empty masks."""
