@@ -207,28 +207,33 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     if not len(layout):
         return []
     starts, _, _, heights, widths = layout.T
+    first_rows = np.cumsum(heights) - heights  # of each mask, counting the rows of all masks
     mask_of_row = np.repeat(np.arange(len(layout)), heights)
-    row_in_mask = np.arange(mask_of_row.size) - np.repeat(np.cumsum(heights) - heights, heights)
-    row_starts = starts[mask_of_row] + row_in_mask * widths[mask_of_row]
+    row_starts = starts[mask_of_row] + (np.arange(mask_of_row.size) - first_rows[mask_of_row]) * widths[mask_of_row]
     # A run starts or ends where a pixel differs from the one before it, and at a row start that continues a run.
     ones = flat.view(bool)
-    changes = _changes(ones)
+    edges = [_changes(ones)]
     wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
-    edges = [changes, wrapped, wrapped]  # a wrapped run ends and the next starts at the row start
+    if wrapped.size:
+        edges += [wrapped, wrapped]  # a wrapped run ends and the next starts at the row start
     if ones[0]:
         edges.insert(0, np.zeros(1, np.int64))
     if ones[-1]:
         edges.append(np.full(1, ones.size))
-    edges = np.sort(np.concatenate(edges), kind="stable")  # sorted runs, merged in linear time
+    edges = np.concatenate(edges)
+    if wrapped.size:
+        edges.sort(kind="stable")  # sorted runs, merged in linear time
     if edges.size == 0:
         return [None] * len(layout)
     run_start, run_end = edges[0::2], edges[1::2]
-    row = np.searchsorted(row_starts, run_start, side="right") - 1
-    first, last = run_start - row_starts[row], run_end - 1 - row_starts[row]  # columns in the box
-    mask, y = mask_of_row[row], row_in_mask[row]
-    length = last - first + 1
+    # Runs never cross a row start, so each mask's runs lie between the runs before its start and before the next:
+    # 50 searches where one per run (10,000 at 50 instances) would find its row.
+    run_bounds = np.concatenate((np.searchsorted(run_start, starts), [run_start.size]))
+    mask = np.repeat(np.arange(len(layout)), run_bounds[1:] - run_bounds[:-1])
+    y, first = np.divmod(run_start - starts[mask], widths[mask])  # row and first column in the box
+    length = run_end - run_start
+    last = first + length - 1
     # Per mask, from its runs (masks without a run are empty).
-    run_bounds = np.searchsorted(mask, np.arange(len(layout) + 1))
     occupied = np.flatnonzero(run_bounds[1:] > run_bounds[:-1])
     begin, end = run_bounds[occupied], run_bounds[occupied + 1]
     area = np.add.reduceat(length, begin)
@@ -238,8 +243,12 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     y_min, y_max = y[begin], y[end - 1]
     # The convex hull, and so the minimum-area rectangle, depends only on each row's first and last pixel, and of
     # those only on the ones further out than every row above them or every row below them.
-    row_begin = np.flatnonzero(np.diff(row, prepend=-1))
-    row_end = np.append(row_begin[1:], row.size) - 1
+    row = first_rows[mask] + y
+    new_row = np.empty(row.size, bool)
+    new_row[0] = True
+    np.not_equal(row[1:], row[:-1], out=new_row[1:])
+    row_begin = new_row.nonzero()[0]
+    row_end = np.concatenate((row_begin[1:], [row.size])) - 1
     left, right, row_y, row_mask = first[row_begin], last[row_end], y[row_begin], mask[row_begin]
     keep = np.stack([_new_extremes(-left, row_mask), _new_extremes(right, row_mask)], axis=1).ravel()
     point_mask = np.repeat(row_mask, 2)[keep]
