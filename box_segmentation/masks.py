@@ -207,30 +207,26 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     if not len(layout):
         return []
     starts, _, _, heights, widths = layout.T
-    first_rows = np.cumsum(heights) - heights  # of each mask, counting the rows of all masks
-    mask_of_row = np.repeat(np.arange(len(layout)), heights)
-    row_starts = starts[mask_of_row] + (np.arange(mask_of_row.size) - first_rows[mask_of_row]) * widths[mask_of_row]
-    # A run starts or ends where a pixel differs from the one before it, and at a row start that continues a run.
+    # A run starts or ends where a pixel differs from the one before it.
     ones = flat.view(bool)
     edges = [_changes(ones)]
-    wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
-    if wrapped.size:
-        edges += [wrapped, wrapped]  # a wrapped run ends and the next starts at the row start
     if ones[0]:
         edges.insert(0, np.zeros(1, np.int64))
     if ones[-1]:
         edges.append(np.full(1, ones.size))
     edges = np.concatenate(edges)
-    if wrapped.size:
-        edges.sort(kind="stable")  # sorted runs, merged in linear time
     if edges.size == 0:
         return [None] * len(layout)
+    run_bounds, mask, y, first = _runs_in_rows(edges, starts, widths)
+    if np.any(first + edges[1::2] - edges[0::2] > widths[mask]):
+        # Some run goes on into the next row (or mask): it ends, and another starts, at every row start it covers.
+        mask_of_row = np.repeat(np.arange(len(layout)), heights)
+        row_starts = starts[mask_of_row] + (np.arange(mask_of_row.size) - (np.cumsum(heights) - heights)[
+            mask_of_row]) * widths[mask_of_row]
+        wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
+        edges = np.sort(np.concatenate([edges, wrapped, wrapped]), kind="stable")  # merged in linear time
+        run_bounds, mask, y, first = _runs_in_rows(edges, starts, widths)
     run_start, run_end = edges[0::2], edges[1::2]
-    # Runs never cross a row start, so each mask's runs lie between the runs before its start and before the next:
-    # 50 searches where one per run (10,000 at 50 instances) would find its row.
-    run_bounds = np.concatenate((np.searchsorted(run_start, starts), [run_start.size]))
-    mask = np.repeat(np.arange(len(layout)), run_bounds[1:] - run_bounds[:-1])
-    y, first = np.divmod(run_start - starts[mask], widths[mask])  # row and first column in the box
     length = run_end - run_start
     last = first + length - 1
     # Per mask, from its runs (masks without a run are empty).
@@ -243,7 +239,7 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     y_min, y_max = y[begin], y[end - 1]
     # The convex hull, and so the minimum-area rectangle, depends only on each row's first and last pixel, and of
     # those only on the ones further out than every row above them or every row below them.
-    row = first_rows[mask] + y
+    row = (np.cumsum(heights) - heights)[mask] + y  # counting the rows of all masks
     new_row = np.empty(row.size, bool)
     new_row[0] = True
     np.not_equal(row[1:], row[:-1], out=new_row[1:])
@@ -272,6 +268,17 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
                                        y_offset + y0),
         )
     return shapes
+
+
+def _runs_in_rows(edges: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For runs between edges (starts and ends alternating) that each lie in one row: where each mask's runs begin
+    (and the runs' count at the end), and each run's mask, row and first column in its mask. Each mask's runs lie
+    between the runs before its start and the runs before the next: 50 searches, where one per run (10,000 at 50
+    instances) would find its row."""
+    run_start = edges[0::2]
+    run_bounds = np.concatenate((np.searchsorted(run_start, starts), [run_start.size]))
+    mask = np.repeat(np.arange(len(starts)), run_bounds[1:] - run_bounds[:-1])
+    return run_bounds, mask, *np.divmod(run_start - starts[mask], widths[mask])
 
 
 def _changes(ones: np.ndarray) -> np.ndarray:

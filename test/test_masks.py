@@ -253,6 +253,28 @@ def test_full_rows_and_single_pixels():
     assert shape.roi == (0, 0, 5, 5) and shape.area == 2 and shape.centroid == pytest.approx((2.5, 2.5))
 
 
+def test_runs_across_rows_and_masks_are_split_at_every_row_start():
+    """Boxes smaller than the mask head's 28x28 with masks full to their edges: their runs go on from row to row,
+    from the third mask into the fourth and to the buffer's end, and are measured row by row all the same."""
+    height, width = 60, 80
+    probs = torch.ones(4, 28, 28)
+    probs[1] = torch.nn.functional.interpolate(torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(2)),
+                                               size=(28, 28), mode="bilinear", align_corners=False)[0, 0]
+    boxes = torch.tensor([[20.0, 5.0, 28.0, 12.0], [10.0, 10.0, 50.0, 40.0], [50.0, 20.0, 58.0, 31.0],
+                          [1.0, 40.0, 9.0, 47.0]])
+    flat, layout = masks._box_masks(probs, boxes, 0.5)
+    for start, _, _, box_h, box_w in layout[[0, 2, 3]].tolist():
+        assert flat[start:start + box_h * box_w].all()  # full boxes: the case under test
+    shapes = shapes_in_boxes(probs, boxes, (height, width), threshold=0.5)
+    pasted = (paste_masks_in_image(probs[:, None], boxes, (height, width))[:, 0] > 0.5).numpy().astype(np.uint8)
+    for shape, expected in zip(shapes, pasted, strict=True):
+        reference = describe(BoxCrop(0, 0, expected))
+        assert (shape.roi, shape.area) == (reference.roi, reference.area)
+        assert shape.centroid == pytest.approx(reference.centroid)
+        assert shape.rotated_rect == pytest.approx(reference.rotated_rect)
+        np.testing.assert_array_equal(full_frame(shape, height, width), expected)
+
+
 def test_changes_found_word_by_word_are_every_change():
     # _changes pads to whole 8-byte words and reads hits back from the words' bytes: every length modulo 8, hits
     # at the first and last position, none, and every position.
