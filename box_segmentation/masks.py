@@ -281,16 +281,22 @@ def _runs_in_rows(edges: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> 
     return run_bounds, mask, *np.divmod(run_start - starts[mask], widths[mask])
 
 
-def _changes(ones: np.ndarray) -> np.ndarray:
+def _changes(ones: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
     """The positions p where ones[p] differs from ones[p - 1], in order. numpy's nonzero costs a call per hit on
-    sparse data, so the hits are found among 8-byte words first, then the bytes of the words with one."""
-    differs = np.empty((ones.size + 7) // 8 * 8, bool)
-    np.not_equal(ones[1:], ones[:-1], out=differs[:ones.size - 1])
-    differs[ones.size - 1:] = False
-    words = differs.view(np.uint64)
-    hit_words = (words != 0).nonzero()[0]
-    hit_bytes = words[hit_words].view(bool).nonzero()[0]
-    return hit_words[hit_bytes >> 3] * 8 + (hit_bytes & 7) + 1
+    sparse data, so the hits are found among 8-byte words first, then the bytes of the words with one; a chunk at a
+    time, so that the differences live in one small buffer the CPU keeps cached."""
+    differs = np.empty((min(chunk, ones.size) + 7) // 8 * 8, bool)
+    found = []
+    for begin in range(1, ones.size, chunk):
+        count = min(chunk, ones.size - begin)
+        np.not_equal(ones[begin:begin + count], ones[begin - 1:begin - 1 + count], out=differs[:count])
+        words = differs[:(count + 7) // 8 * 8]
+        words[count:] = False
+        words = words.view(np.uint64)
+        hit_words = (words != 0).nonzero()[0]
+        hit_bytes = words[hit_words].view(bool).nonzero()[0]
+        found.append(hit_words[hit_bytes >> 3] * 8 + (hit_bytes & 7) + begin)
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def _new_extremes(values: np.ndarray, group: np.ndarray) -> np.ndarray:

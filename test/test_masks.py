@@ -276,14 +276,16 @@ def test_runs_across_rows_and_masks_are_split_at_every_row_start():
 
 
 def test_changes_found_word_by_word_are_every_change():
-    # _changes pads to whole 8-byte words and reads hits back from the words' bytes: every length modulo 8, hits
-    # at the first and last position, none, and every position.
+    # _changes pads to whole 8-byte words and reads hits back from the words' bytes, a chunk at a time: every length
+    # modulo 8, chunks that split words and ones that don't, hits at the first and last position, none, and every
+    # position.
     rng = np.random.default_rng(7)
     for size in [*range(1, 34), 1000]:
         for density in (0.0, 0.03, 0.5, 1.0):
             ones = rng.random(size) < density
             ones[-1] ^= size % 3 == 0
-            np.testing.assert_array_equal(masks._changes(ones), np.flatnonzero(ones[1:] != ones[:-1]) + 1)
+            for chunk in (8, 13, 1 << 18):
+                np.testing.assert_array_equal(masks._changes(ones, chunk), np.flatnonzero(ones[1:] != ones[:-1]) + 1)
     alternating = np.arange(17) % 2 == 1
     np.testing.assert_array_equal(masks._changes(alternating), np.arange(1, 17))
 
