@@ -7,8 +7,6 @@ A pick planner in Python reads the masks with two lines:
 With depth, add_poses fills each box's pick pose fields from pick_pose.estimate_poses and pick_order.
 """
 
-import array
-
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, Quaternion
@@ -23,8 +21,8 @@ def to_box_masks(instances: list[Instance], header, height: int, width: int) -> 
     """BoxMasks for one image: header copied from the image, ids 0..n-1 in the given (score) order."""
     msg = BoxMasks(header=_copy_header(header), height=int(height), width=int(width))
     for index, instance in enumerate(instances):
-        # Filled in place: a BoxMask builds its own roi and rotated_rect, and copies a mask passed to it before its
-        # setter copies it again, so passing them builds each twice and copies the mask twice.
+        # Filled in place: a BoxMask builds its own roi, rotated_rect and mask array whatever it is given, and copies
+        # a mask passed to it before its setter copies it again.
         box = BoxMask(id=index, class_id=instance.class_id, class_name=instance.class_name, score=float(instance.score),
                       area=int(instance.area), centroid_x=float(instance.centroid[0]),
                       centroid_y=float(instance.centroid[1]))
@@ -32,11 +30,9 @@ def to_box_masks(instances: list[Instance], header, height: int, width: int) -> 
         roi.x_offset, roi.y_offset, roi.width, roi.height = instance.roi  # do_rectify stays False
         rect = box.rotated_rect
         rect.center_x, rect.center_y, rect.length, rect.width, rect.angle = (float(v) for v in instance.rotated_rect)
-        # An array.array straight from numpy's buffer: the setter copies it at once, with no per-element checks
+        # Its own (empty) array.array extended straight from numpy's buffer: one copy, and no per-element checks
         # even where ROS_PYTHON_CHECK_FIELDS turns them on.
-        mask = array.array("B")
-        mask.frombytes(np.ascontiguousarray(instance.mask, dtype=np.uint8))
-        box.mask = mask
+        box.mask.frombytes(np.ascontiguousarray(instance.mask, dtype=np.uint8))
         msg.boxes.append(box)
     return msg
 
