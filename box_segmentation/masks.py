@@ -197,7 +197,8 @@ def describe(crop: BoxCrop) -> MaskShape | None:
     """Tight roi, cropped mask and shape measures of a box crop; None if the mask is empty."""
     box_h, box_w = crop.mask.shape
     ones = np.not_equal(crop.mask, 0).view(np.uint8).ravel()
-    return _shapes(ones, np.array([[0, crop.x_offset, crop.y_offset, box_h, box_w]]))[0] if ones.size else None
+    layout = np.array([[0, crop.x_offset, crop.y_offset, box_h, box_w]], np.int64)
+    return _shapes(ones, layout)[0] if ones.size else None
 
 
 def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
@@ -273,8 +274,8 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
 def _runs_in_rows(edges: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, ...]:
     """For runs between edges (starts and ends alternating) that each lie in one row: where each mask's runs begin
     (and the runs' count at the end), and each run's mask, row and first column in its mask. Each mask's runs lie
-    between the runs before its start and the runs before the next: 50 searches, where one per run (10,000 at 50
-    instances) would find its row."""
+    between the runs before its start and the runs before the next: one search per mask, where one per run (about
+    10,000 at 50 instances) would find its row."""
     run_start = edges[0::2]
     run_bounds = np.concatenate((np.searchsorted(run_start, starts), [run_start.size]))
     mask = np.repeat(np.arange(len(starts)), run_bounds[1:] - run_bounds[:-1])
