@@ -65,7 +65,7 @@ def _box_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, threshold: float) 
     x1, y1, x2, y2 = _expanded_boxes(boxes.cpu().float().numpy(), mask_probs.shape[-1]).T
     heights, widths = np.maximum(y2 - y1 + 1, 1), np.maximum(x2 - x1 + 1, 1)
     sizes = heights * widths
-    layout = np.stack([np.cumsum(sizes) - sizes, x1, y1, heights, widths], axis=1)
+    layout = np.stack([sizes.cumsum() - sizes, x1, y1, heights, widths], axis=1)
     total = int(sizes.sum())
     if mask_probs.device.type == "cpu":
         # expand_masks(padding=1); not np.pad, whose Python takes ten times as long.
@@ -133,7 +133,7 @@ def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: np.nd
     """Set pixels (indices into binary) to torch's side of the threshold: their values recomputed exactly from
     torch's weights; a box with a pixel too close to call is resized again by torch's kernel."""
     starts, _, _, heights, widths = layout.T
-    box = np.searchsorted(starts, pixels, side="right") - 1
+    box = starts.searchsorted(pixels, side="right") - 1
     y, x = np.divmod(pixels - starts[box], widths[box])
     rows, columns = _torch_bilinear_weights(y, heights[box], padded.shape[1]), _torch_bilinear_weights(
         x, widths[box], padded.shape[2])
@@ -205,7 +205,9 @@ def describe(crop: BoxCrop) -> MaskShape | None:
 def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     """The shape of each mask in flat (0/1 bytes, masks one after another, each row by row; layout as _box_masks
     gives it), from the runs of ones along its rows: one pass over the pixels finds every run, and the areas,
-    centroids, rois and rotated rectangles follow from the runs with numpy, for all masks at once."""
+    centroids, rois and rotated rectangles follow from the runs with numpy, for all masks at once. ndarray methods
+    stand in for numpy functions with Python wrappers (np.searchsorted, np.repeat, ...): on these small arrays the
+    wrappers cost about as much as the work."""
     if not len(layout):
         return []
     starts, _, _, heights, widths = layout.T
@@ -220,7 +222,7 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     if edges.size == 0:
         return [None] * len(layout)
     run_bounds, mask, y, first = _runs_in_rows(edges, starts, widths)
-    if np.any(first + edges[1::2] - edges[0::2] > widths[mask]):
+    if (first + edges[1::2] - edges[0::2] > widths[mask]).any():
         # Some run goes on into the next row (or mask): it ends, and another starts, at every row start it covers.
         mask_of_row = np.repeat(np.arange(len(layout)), heights)
         row_starts = starts[mask_of_row] + (np.arange(mask_of_row.size) - (np.cumsum(heights) - heights)[
@@ -232,7 +234,7 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     length = run_end - run_start
     last = first + length - 1
     # Per mask, from its runs (masks without a run are empty).
-    occupied = np.flatnonzero(run_bounds[1:] > run_bounds[:-1])
+    occupied = (run_bounds[1:] > run_bounds[:-1]).nonzero()[0]
     begin, end = run_bounds[occupied], run_bounds[occupied + 1]
     area = np.add.reduceat(length, begin)
     sum_x = np.add.reduceat(length * (first + last), begin) / 2  # a run's columns add up to length * (first + last) / 2
@@ -241,7 +243,7 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     y_min, y_max = y[begin], y[end - 1]
     # The convex hull, and so the minimum-area rectangle, depends only on each row's first and last pixel, and of
     # those only on the ones further out than every row above them or every row below them.
-    row = (np.cumsum(heights) - heights)[mask] + y  # counting the rows of all masks
+    row = (heights.cumsum() - heights)[mask] + y  # counting the rows of all masks
     new_row = np.empty(row.size, bool)
     new_row[0] = True
     np.not_equal(row[1:], row[:-1], out=new_row[1:])
@@ -249,12 +251,12 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     row_end = np.concatenate((row_begin[1:], [row.size])) - 1
     left, right, row_y, row_mask = first[row_begin], last[row_end], y[row_begin], mask[row_begin]
     keep = np.stack([_new_extremes(-left, row_mask), _new_extremes(right, row_mask)], axis=1).ravel()
-    point_mask = np.repeat(row_mask, 2)[keep]
+    point_mask = row_mask.repeat(2)[keep]
     corners = np.zeros((len(layout), 2), np.int64)
     corners[occupied] = np.stack([x_min, y_min], axis=1)
     # Pixel indices from the tight roi's corner, as the rectangle's centre is measured from there.
     points = (np.stack([left, row_y, right, row_y], axis=1).reshape(-1, 2)[keep] - corners[point_mask]).astype(np.int32)
-    point_bounds = np.searchsorted(point_mask, np.arange(len(layout) + 1))
+    point_bounds = point_mask.searchsorted(np.arange(len(layout) + 1))
     shapes = [None] * len(layout)
     measures = (occupied, area, sum_x, sum_y, x_min, x_max, y_min, y_max)
     boxes = layout.tolist()
@@ -278,8 +280,8 @@ def _runs_in_rows(edges: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> 
     between the runs before its start and the runs before the next: one search per mask, where one per run (about
     10,000 at 50 instances) would find its row."""
     run_start = edges[0::2]
-    run_bounds = np.concatenate((np.searchsorted(run_start, starts), [run_start.size]))
-    mask = np.repeat(np.arange(len(starts)), run_bounds[1:] - run_bounds[:-1])
+    run_bounds = np.concatenate((run_start.searchsorted(starts), [run_start.size]))
+    mask = np.arange(len(starts)).repeat(run_bounds[1:] - run_bounds[:-1])
     return run_bounds, mask, *np.divmod(run_start - starts[mask], widths[mask])
 
 
