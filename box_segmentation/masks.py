@@ -47,7 +47,7 @@ def shapes_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: t
     """
     flat, layout = _box_masks(mask_probs, boxes, threshold)
     height, width = image_size
-    for start, x1, y1, box_h, box_w in layout:
+    for start, x1, y1, box_h, box_w in layout.tolist():
         if x1 < 0 or y1 < 0 or x1 + box_w > width or y1 + box_h > height:
             # Pixels outside the image are not part of the mask (paste_mask_in_image drops them).
             box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
@@ -58,25 +58,26 @@ def shapes_in_boxes(mask_probs: torch.Tensor, boxes: torch.Tensor, image_size: t
     return _shapes(flat, layout)
 
 
-def _box_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, threshold: float) -> tuple[np.ndarray, list]:
+def _box_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Every box's thresholded mask, one after another in one flat uint8 (0/1) host buffer, and where each
-    lies: (start in the buffer, x1, y1 of the box in the image, box height, box width)."""
-    if len(boxes) == 0:
-        return np.zeros(0, np.uint8), []
-    layout, start = [], 0
-    for x1, y1, x2, y2 in _expanded_boxes(boxes.cpu().float().numpy(), mask_probs.shape[-1]).tolist():
-        box_h, box_w = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
-        layout.append((start, x1, y1, box_h, box_w))
-        start += box_h * box_w
+    lies: the layout, an (N, 5) int64 array of rows (start in the buffer, x1, y1 of the box in the image, box height,
+    box width), kept in numpy as every later step reads its columns."""
+    x1, y1, x2, y2 = _expanded_boxes(boxes.cpu().float().numpy(), mask_probs.shape[-1]).T
+    heights, widths = np.maximum(y2 - y1 + 1, 1), np.maximum(x2 - x1 + 1, 1)
+    sizes = heights * widths
+    layout = np.stack([sizes.cumsum() - sizes, x1, y1, heights, widths], axis=1)
+    total = int(sizes.sum())
     if mask_probs.device.type == "cpu":
-        padded = np.pad(mask_probs.float().numpy(), ((0, 0), (1, 1), (1, 1)))  # expand_masks(padding=1)
-        return _box_masks_opencv(padded, layout, start, threshold), layout
+        # expand_masks(padding=1); not np.pad, whose Python takes ten times as long.
+        padded = np.zeros((len(mask_probs), mask_probs.shape[1] + 2, mask_probs.shape[2] + 2), np.float32)
+        padded[:, 1:-1, 1:-1] = mask_probs.float().numpy()
+        return _box_masks_opencv(padded, layout, total, threshold), layout
     # One resize per box (boxes differ in size) through the kernel F.interpolate calls, thresholded on the device;
     # only the thresholded bytes cross to the host, in one transfer (bool and uint8 share their bytes).
     padded, _ = expand_masks(mask_probs[:, None].float(), padding=1)
-    resized = torch.empty(max(box_h * box_w for _, _, _, box_h, box_w in layout), device=padded.device)
-    binary = torch.empty(start, dtype=torch.bool, device=padded.device)
-    for probs, (start, _, _, box_h, box_w) in zip(padded, layout, strict=True):
+    resized = torch.empty(int(sizes.max(initial=0)), device=padded.device)
+    binary = torch.empty(total, dtype=torch.bool, device=padded.device)
+    for probs, (start, _, _, box_h, box_w) in zip(padded, layout.tolist(), strict=True):
         size = box_h * box_w
         torch.ops.aten.upsample_bilinear2d.out(probs[None], [box_h, box_w], False,
                                                out=resized[:size].view(1, 1, box_h, box_w))
@@ -103,48 +104,49 @@ _OPENCV_DISAGREEMENT = 2e-5
 _TORCH_ROUNDING = 4e-7
 
 
-def _box_masks_opencv(padded: np.ndarray, layout: list, total: int, threshold: float) -> np.ndarray:
+def _box_masks_opencv(padded: np.ndarray, layout: np.ndarray, total: int, threshold: float) -> np.ndarray:
     """_box_masks on the CPU for probabilities in [0, 1], with the pixels of torch's bilinear kernel (which
     paste_masks_in_image uses) in half its time: each box is resized by OpenCV (six times faster than torch's
     kernel on one thread), and the few pixels OpenCV puts near the threshold are settled with torch's own
     weights (_settle_near_threshold)."""
-    resized = np.empty(max(box_h * box_w for _, _, _, box_h, box_w in layout), np.float32)  # stays in the CPU cache
+    resized = np.empty(int((layout[:, 3] * layout[:, 4]).max(initial=0)), np.float32)  # stays in the CPU cache
     above_low = np.empty(resized.size, bool)
     binary = np.empty(total, np.uint8)
     low, high = np.float32(threshold - _OPENCV_DISAGREEMENT), np.float32(threshold + _OPENCV_DISAGREEMENT)
     near_pixels = []
-    for probs, (start, _, _, box_h, box_w) in zip(padded, layout, strict=True):
+    for probs, (start, _, _, box_h, box_w) in zip(padded, layout.tolist(), strict=True):
         size = box_h * box_w
         cv2.resize(probs, (box_w, box_h), dst=resized[:size].reshape(box_h, box_w), interpolation=cv2.INTER_LINEAR)
         above_high = binary[start:start + size].view(bool)
         np.greater(resized[:size], high, out=above_high)
         np.greater(resized[:size], low, out=above_low[:size])
-        if np.count_nonzero(above_low[:size]) != np.count_nonzero(above_high):  # some pixels are near the threshold
-            near_pixels.append(np.flatnonzero(above_low[:size] != above_high) + start)
+        # Some pixels are near the threshold (counted by OpenCV: np.count_nonzero's Python wrapper costs more).
+        if cv2.countNonZero(above_low[:size]) != cv2.countNonZero(above_high):
+            near_pixels.append(np.not_equal(above_low[:size], above_high, out=above_low[:size]).nonzero()[0] + start)
     if near_pixels:
         _settle_near_threshold(np.concatenate(near_pixels), padded, layout, threshold, binary)
     return binary
 
 
-def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: list, threshold: float,
+def _settle_near_threshold(pixels: np.ndarray, padded: np.ndarray, layout: np.ndarray, threshold: float,
                            binary: np.ndarray) -> None:
     """Set pixels (indices into binary) to torch's side of the threshold: their values recomputed exactly from
     torch's weights; a box with a pixel too close to call is resized again by torch's kernel."""
-    starts, _, _, heights, widths = (np.array(column) for column in zip(*layout, strict=True))
-    box = np.searchsorted(starts, pixels, side="right") - 1
+    starts, _, _, heights, widths = layout.T
+    box = starts.searchsorted(pixels, side="right") - 1
     y, x = np.divmod(pixels - starts[box], widths[box])
     rows, columns = _torch_bilinear_weights(y, heights[box], padded.shape[1]), _torch_bilinear_weights(
         x, widths[box], padded.shape[2])
-    values = []
+    lowest = highest = None  # over the roundings tried (one, unless the probe could not tell)
     for (y0, y1, wy0, wy1), (x0, x1, wx0, wx1) in ((row, column) for row in rows for column in columns):
         top = padded[box, y0, x0] * wx0 + padded[box, y0, x1] * wx1
         bottom = padded[box, y1, x0] * wx0 + padded[box, y1, x1] * wx1
-        values.append(top * wy0 + bottom * wy1)
-    values = np.stack(values)
-    above, below = (values > threshold + _TORCH_ROUNDING).all(0), (values < threshold - _TORCH_ROUNDING).all(0)
+        value = top * wy0 + bottom * wy1
+        lowest, highest = (value, value) if lowest is None else (np.minimum(lowest, value), np.maximum(highest, value))
+    above, below = lowest > threshold + _TORCH_ROUNDING, highest < threshold - _TORCH_ROUNDING
     binary[pixels[above]], binary[pixels[below]] = 1, 0
     for k in set(box[~(above | below)].tolist()):
-        start, _, _, box_h, box_w = layout[k]
+        start, _, _, box_h, box_w = layout[k].tolist()
         resized = torch.empty(1, 1, box_h, box_w)
         torch.ops.aten.upsample_bilinear2d.out(torch.from_numpy(padded[k])[None, None], [box_h, box_w], False,
                                                out=resized)
@@ -165,7 +167,7 @@ def _torch_bilinear_weights(positions: np.ndarray, output_sizes: np.ndarray, inp
     for rounding in roundings or _torch_roundings():
         source = np.maximum(sources[rounding](), np.float32(0))
         first = np.minimum(np.floor(source).astype(np.int64), input_size - 1)
-        second_weight = np.clip(source - first.astype(np.float32), np.float32(0), np.float32(1))
+        second_weight = np.minimum(np.maximum(source - first.astype(np.float32), np.float32(0)), np.float32(1))
         first_weight = np.float32(1) - second_weight  # rounded to float32, as torch stores it
         weights.append((first, first + (first < input_size - 1), first_weight.astype(np.float64),
                         second_weight.astype(np.float64)))
@@ -196,39 +198,43 @@ def describe(crop: BoxCrop) -> MaskShape | None:
     """Tight roi, cropped mask and shape measures of a box crop; None if the mask is empty."""
     box_h, box_w = crop.mask.shape
     ones = np.not_equal(crop.mask, 0).view(np.uint8).ravel()
-    return _shapes(ones, [(0, crop.x_offset, crop.y_offset, box_h, box_w)])[0] if ones.size else None
+    layout = np.array([[0, crop.x_offset, crop.y_offset, box_h, box_w]], np.int64)
+    return _shapes(ones, layout)[0] if ones.size else None
 
 
-def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
+def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     """The shape of each mask in flat (0/1 bytes, masks one after another, each row by row; layout as _box_masks
     gives it), from the runs of ones along its rows: one pass over the pixels finds every run, and the areas,
-    centroids, rois and rotated rectangles follow from the runs with numpy, for all masks at once."""
-    if not layout:
+    centroids, rois and rotated rectangles follow from the runs with numpy, for all masks at once. ndarray methods
+    stand in for numpy functions with Python wrappers (np.searchsorted, np.repeat, ...): on these small arrays the
+    wrappers cost about as much as the work."""
+    if not len(layout):
         return []
-    starts, _, _, heights, widths = (np.array(column, dtype=np.int64) for column in zip(*layout, strict=True))
-    mask_of_row = np.repeat(np.arange(len(layout)), heights)
-    row_in_mask = np.arange(mask_of_row.size) - np.repeat(np.cumsum(heights) - heights, heights)
-    row_starts = starts[mask_of_row] + row_in_mask * widths[mask_of_row]
-    # A run starts or ends where a pixel differs from the one before it, and at a row start that continues a run.
+    starts, _, _, heights, widths = layout.T
+    # A run starts or ends where a pixel differs from the one before it.
     ones = flat.view(bool)
-    changes = np.flatnonzero(ones[1:] != ones[:-1]) + 1
-    wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
-    edges = [changes, wrapped, wrapped]  # a wrapped run ends and the next starts at the row start
+    edges = [_changes(ones)]
     if ones[0]:
         edges.insert(0, np.zeros(1, np.int64))
     if ones[-1]:
         edges.append(np.full(1, ones.size))
-    edges = np.sort(np.concatenate(edges), kind="stable")  # sorted runs, merged in linear time
+    edges = np.concatenate(edges)
     if edges.size == 0:
         return [None] * len(layout)
+    run_bounds, mask, y, first = _runs_in_rows(edges, starts, widths)
+    if (first + edges[1::2] - edges[0::2] > widths[mask]).any():
+        # Some run goes on into the next row (or mask): it ends, and another starts, at every row start it covers.
+        mask_of_row = np.repeat(np.arange(len(layout)), heights)
+        row_starts = starts[mask_of_row] + (np.arange(mask_of_row.size) - (np.cumsum(heights) - heights)[
+            mask_of_row]) * widths[mask_of_row]
+        wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
+        edges = np.sort(np.concatenate([edges, wrapped, wrapped]), kind="stable")  # merged in linear time
+        run_bounds, mask, y, first = _runs_in_rows(edges, starts, widths)
     run_start, run_end = edges[0::2], edges[1::2]
-    row = np.searchsorted(row_starts, run_start, side="right") - 1
-    first, last = run_start - row_starts[row], run_end - 1 - row_starts[row]  # columns in the box
-    mask, y = mask_of_row[row], row_in_mask[row]
-    length = last - first + 1
+    length = run_end - run_start
+    last = first + length - 1
     # Per mask, from its runs (masks without a run are empty).
-    run_bounds = np.searchsorted(mask, np.arange(len(layout) + 1))
-    occupied = np.flatnonzero(run_bounds[1:] > run_bounds[:-1])
+    occupied = (run_bounds[1:] > run_bounds[:-1]).nonzero()[0]
     begin, end = run_bounds[occupied], run_bounds[occupied + 1]
     area = np.add.reduceat(length, begin)
     sum_x = np.add.reduceat(length * (first + last), begin) / 2  # a run's columns add up to length * (first + last) / 2
@@ -237,20 +243,25 @@ def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
     y_min, y_max = y[begin], y[end - 1]
     # The convex hull, and so the minimum-area rectangle, depends only on each row's first and last pixel, and of
     # those only on the ones further out than every row above them or every row below them.
-    row_begin = np.flatnonzero(np.diff(row, prepend=-1))
-    row_end = np.append(row_begin[1:], row.size) - 1
+    row = (heights.cumsum() - heights)[mask] + y  # counting the rows of all masks
+    new_row = np.empty(row.size, bool)
+    new_row[0] = True
+    np.not_equal(row[1:], row[:-1], out=new_row[1:])
+    row_begin = new_row.nonzero()[0]
+    row_end = np.concatenate((row_begin[1:], [row.size])) - 1
     left, right, row_y, row_mask = first[row_begin], last[row_end], y[row_begin], mask[row_begin]
     keep = np.stack([_new_extremes(-left, row_mask), _new_extremes(right, row_mask)], axis=1).ravel()
-    point_mask = np.repeat(row_mask, 2)[keep]
+    point_mask = row_mask.repeat(2)[keep]
     corners = np.zeros((len(layout), 2), np.int64)
     corners[occupied] = np.stack([x_min, y_min], axis=1)
     # Pixel indices from the tight roi's corner, as the rectangle's centre is measured from there.
     points = (np.stack([left, row_y, right, row_y], axis=1).reshape(-1, 2)[keep] - corners[point_mask]).astype(np.int32)
-    point_bounds = np.searchsorted(point_mask, np.arange(len(layout) + 1))
+    point_bounds = point_mask.searchsorted(np.arange(len(layout) + 1))
     shapes = [None] * len(layout)
     measures = (occupied, area, sum_x, sum_y, x_min, x_max, y_min, y_max)
+    boxes = layout.tolist()
     for k, count, sx, sy, x0, x1, y0, y1 in zip(*(values.tolist() for values in measures), strict=True):
-        start, x_offset, y_offset, box_h, box_w = layout[k]
+        start, x_offset, y_offset, box_h, box_w = boxes[k]
         box = flat[start:start + box_h * box_w].reshape(box_h, box_w)
         shapes[k] = MaskShape(
             roi=(x_offset + x0, y_offset + y0, x1 + 1 - x0, y1 + 1 - y0),
@@ -261,6 +272,35 @@ def _shapes(flat: np.ndarray, layout: list) -> list[MaskShape | None]:
                                        y_offset + y0),
         )
     return shapes
+
+
+def _runs_in_rows(edges: np.ndarray, starts: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For runs between edges (starts and ends alternating) that each lie in one row: where each mask's runs begin
+    (and the runs' count at the end), and each run's mask, row and first column in its mask. Each mask's runs lie
+    between the runs before its start and the runs before the next: one search per mask, where one per run (about
+    10,000 at 50 instances) would find its row."""
+    run_start = edges[0::2]
+    run_bounds = np.concatenate((run_start.searchsorted(starts), [run_start.size]))
+    mask = np.arange(len(starts)).repeat(run_bounds[1:] - run_bounds[:-1])
+    return run_bounds, mask, *np.divmod(run_start - starts[mask], widths[mask])
+
+
+def _changes(ones: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """The positions p where ones[p] differs from ones[p - 1], in order. numpy's nonzero costs a call per hit on
+    sparse data, so the hits are found among 8-byte words first, then the bytes of the words with one; a chunk at a
+    time, so that the differences live in one small buffer the CPU keeps cached."""
+    differs = np.empty((min(chunk, ones.size) + 7) // 8 * 8, bool)
+    found = []
+    for begin in range(1, ones.size, chunk):
+        count = min(chunk, ones.size - begin)
+        np.not_equal(ones[begin:begin + count], ones[begin - 1:begin - 1 + count], out=differs[:count])
+        words = differs[:(count + 7) // 8 * 8]
+        words[count:] = False
+        words = words.view(np.uint64)
+        hit_words = (words != 0).nonzero()[0]
+        hit_bytes = words[hit_words].view(bool).nonzero()[0]
+        found.append(hit_words[hit_bytes >> 3] * 8 + (hit_bytes & 7) + begin)
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def _new_extremes(values: np.ndarray, group: np.ndarray) -> np.ndarray:

@@ -10,10 +10,9 @@ With depth, add_poses fills each box's pick pose fields from pick_pose.estimate_
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, Quaternion
-from sensor_msgs.msg import RegionOfInterest
 from std_msgs.msg import Header
 
-from box_segmentation.msg import BoxMask, BoxMasks, RotatedRect
+from box_segmentation.msg import BoxMask, BoxMasks
 from box_segmentation.pick_pose import CartonPose, PoseStatus
 from box_segmentation.types import Instance
 
@@ -22,22 +21,19 @@ def to_box_masks(instances: list[Instance], header, height: int, width: int) -> 
     """BoxMasks for one image: header copied from the image, ids 0..n-1 in the given (score) order."""
     msg = BoxMasks(header=_copy_header(header), height=int(height), width=int(width))
     for index, instance in enumerate(instances):
-        x, y, w, h = instance.roi
-        cx, cy, length, rect_width, angle = instance.rotated_rect
-        msg.boxes.append(BoxMask(
-            id=index,
-            class_id=instance.class_id,
-            class_name=instance.class_name,
-            score=float(instance.score),
-            roi=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False),
-            # bytes: the message copies them into its array.array at once, no per-element checks.
-            mask=np.ascontiguousarray(instance.mask, dtype=np.uint8).tobytes(),
-            area=int(instance.area),
-            centroid_x=float(instance.centroid[0]),
-            centroid_y=float(instance.centroid[1]),
-            rotated_rect=RotatedRect(center_x=float(cx), center_y=float(cy), length=float(length),
-                                     width=float(rect_width), angle=float(angle)),
-        ))
+        # Filled in place: a BoxMask builds its own roi, rotated_rect and mask array whatever it is given, and copies
+        # a mask passed to it before its setter copies it again.
+        box = BoxMask(id=index, class_id=instance.class_id, class_name=instance.class_name, score=float(instance.score),
+                      area=int(instance.area), centroid_x=float(instance.centroid[0]),
+                      centroid_y=float(instance.centroid[1]))
+        roi = box.roi
+        roi.x_offset, roi.y_offset, roi.width, roi.height = instance.roi  # do_rectify stays False
+        rect = box.rotated_rect
+        rect.center_x, rect.center_y, rect.length, rect.width, rect.angle = (float(v) for v in instance.rotated_rect)
+        # Its own (empty) array.array extended straight from numpy's buffer: one copy, and no per-element checks
+        # even where ROS_PYTHON_CHECK_FIELDS turns them on.
+        box.mask.frombytes(np.ascontiguousarray(instance.mask, dtype=np.uint8))
+        msg.boxes.append(box)
     return msg
 
 

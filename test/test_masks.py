@@ -253,6 +253,43 @@ def test_full_rows_and_single_pixels():
     assert shape.roi == (0, 0, 5, 5) and shape.area == 2 and shape.centroid == pytest.approx((2.5, 2.5))
 
 
+def test_runs_across_rows_and_masks_are_split_at_every_row_start():
+    """Boxes smaller than the mask head's 28x28 with masks full to their edges: their runs go on from row to row,
+    from the third mask into the fourth and to the buffer's end, and are measured row by row all the same."""
+    height, width = 60, 80
+    probs = torch.ones(4, 28, 28)
+    probs[1] = torch.nn.functional.interpolate(torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(2)),
+                                               size=(28, 28), mode="bilinear", align_corners=False)[0, 0]
+    boxes = torch.tensor([[20.0, 5.0, 28.0, 12.0], [10.0, 10.0, 50.0, 40.0], [50.0, 20.0, 58.0, 31.0],
+                          [1.0, 40.0, 9.0, 47.0]])
+    flat, layout = masks._box_masks(probs, boxes, 0.5)
+    for start, _, _, box_h, box_w in layout[[0, 2, 3]].tolist():
+        assert flat[start:start + box_h * box_w].all()  # full boxes: the case under test
+    shapes = shapes_in_boxes(probs, boxes, (height, width), threshold=0.5)
+    pasted = (paste_masks_in_image(probs[:, None], boxes, (height, width))[:, 0] > 0.5).numpy().astype(np.uint8)
+    for shape, expected in zip(shapes, pasted, strict=True):
+        reference = describe(BoxCrop(0, 0, expected))
+        assert (shape.roi, shape.area) == (reference.roi, reference.area)
+        assert shape.centroid == pytest.approx(reference.centroid)
+        assert shape.rotated_rect == pytest.approx(reference.rotated_rect)
+        np.testing.assert_array_equal(full_frame(shape, height, width), expected)
+
+
+def test_changes_found_word_by_word_are_every_change():
+    # _changes pads to whole 8-byte words and reads hits back from the words' bytes, a chunk at a time: every length
+    # modulo 8, chunks that split words and ones that don't, hits at the first and last position, none, and every
+    # position.
+    rng = np.random.default_rng(7)
+    for size in [*range(1, 34), 1000]:
+        for density in (0.0, 0.03, 0.5, 1.0):
+            ones = rng.random(size) < density
+            ones[-1] ^= size % 3 == 0
+            for chunk in (8, 13, 1 << 18):
+                np.testing.assert_array_equal(masks._changes(ones, chunk), np.flatnonzero(ones[1:] != ones[:-1]) + 1)
+    alternating = np.arange(17) % 2 == 1
+    np.testing.assert_array_equal(masks._changes(alternating), np.arange(1, 17))
+
+
 def test_shapes_in_boxes_are_the_shapes_of_the_pasted_masks():
     """All boxes measured at once give what describe gives of torchvision's full-frame masks one by one: boxes
     across the image border, boxes smaller than the mask (their masks reach the box edge), empty masks."""
