@@ -189,18 +189,19 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
             # off it.
             tolerances = np.minimum(tolerances, np.maximum(
                 params.inlier_sigmas * spread, np.maximum([fit.step for fit in fits], params.min_inlier_distance)))
-            for c, (i, fit) in enumerate(zip(fitting, fits, strict=True)):
-                found = ~np.isnan(planes[c, :, 0])
-                if not found.any() or quality[c] < params.min_quality:
-                    poses[i] = CartonPose(PoseStatus.POOR_FIT, float(quality[c]), fit.points)
-                elif top[c] < 0:
-                    poses[i] = CartonPose(PoseStatus.NO_TOP_FACE, float(quality[c]), fit.points)
+            found = ~np.isnan(planes[..., 0])
+            # Python numbers, each carton's from lists: numpy's own scalars would turn the window's float32 and int8
+            # arrays they meet into float64 and int64 ones, and a few numpy calls per carton on its three planes
+            # cost more than the lists.
+            for c, (i, fit, own_found, own_top, own_quality, tolerance) in enumerate(zip(
+                    fitting, fits, found.tolist(), top.tolist(), quality.tolist(), tolerances.tolist(), strict=True)):
+                if not any(own_found) or own_quality < params.min_quality:
+                    poses[i] = CartonPose(PoseStatus.POOR_FIT, own_quality, fit.points)
+                elif own_top < 0:
+                    poses[i] = CartonPose(PoseStatus.NO_TOP_FACE, own_quality, fit.points)
                 else:
-                    # Python numbers: numpy's own scalars would turn the window's float32 and int8 arrays
-                    # they meet into float64 and int64 ones.
                     windows[i] = _top_window(instances[i].roi, instances[i].mask, depth_m, params, fit,
-                                             planes[c, found], int(np.count_nonzero(found[:top[c]])),
-                                             float(tolerances[c]), float(quality[c]))
+                                             planes[c, found[c]], sum(own_found[:own_top]), tolerance, own_quality)
         # The tops held square to their sides and framed by their rectangles, all cartons at once: each is a few
         # dozen operations on 3x3 matrices, which cost the same for one carton as for fifty.
         squared = [window for window in windows.values() if window.side_fits]
@@ -363,12 +364,15 @@ def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality
     ray_x, ray_y = _rays_at(rays, flat, w)
     np.multiply(ray_x, z, out=points[0])
     np.multiply(ray_y, z, out=points[1])
-    top_fit = _Face(*_moments(points[:, starts[top]:starts[top + 1]])) if len(pixels[top]) >= 3 else None
-    plane = planes[top] if top_fit is None else top_fit.plane()
+    top_fit, plane = None, planes[top]
+    if len(pixels[top]) >= 3:
+        count, mean, scatter = _moments(points[:, starts[top]:starts[top + 1]])
+        # With its normal: _square_to_sides needs it, and need not fit it again.
+        top_fit = _Face(count, mean, scatter, _least_spread(scatter, mean))
+        plane = top_fit.plane()
     square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
     side_fits, seen = [], []
     if top_fit is not None:
-        top_fit = top_fit._replace(normal=plane[:3])  # _square_to_sides needs it, and need not fit it again
         for row, k in enumerate(square):
             if len(pixels[k]) * every >= 30:  # a few pixels fix no plane
                 side_fits.append(_Face(*_moments(points[:, starts[k]:starts[k + 1]]), normal=planes[k, :3]))
