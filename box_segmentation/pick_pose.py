@@ -182,7 +182,7 @@ def estimate_poses(instances, depth_m: np.ndarray, intrinsics: Intrinsics, param
             fits = [fitted[i] for i in fitting]
             tolerances = np.array([fit.tolerance for fit in fits])
             points, planes, owner = _find_faces([fit.thinned for fit in fits], tolerances, params, rng)
-            quality = np.count_nonzero(owner >= 0, axis=1) / np.array([fit.thinned.shape[1] for fit in fits])
+            quality = _counts(owner >= 0, axis=1) / np.array([fit.thinned.shape[1] for fit in fits])
             top, spread = _top_faces(points, planes, owner, up, params)
             # The faces' own spread now measures the noise, free of what quantisation does to _depth_noise: the
             # top's extent takes only what that spread (or the depth step) explains, so a side's first pixels stay
@@ -323,15 +323,14 @@ def _fit_points(roi, mask, depth_m, intrinsics, frame_rays, params) -> "_Fit | C
 
 @dataclass
 class _TopWindow:
-    """A carton's mask window with each pixel given to its nearest face (owner: plane index, -1 none), its top's
-    plane refitted on the top's pixels, the side planes square to it, and those sides' pixels (side_fits, the
-    rows `seen` of sides) that hold the top square to them (_square_to_sides, all cartons at once)."""
+    """A carton's mask window with its top face's pixels (on_top: those nearest the top plane, _pixel_faces), its
+    top's plane refitted on them, the side planes square to it, and those sides' pixels (side_fits, the rows `seen`
+    of sides) that hold the top square to them (_square_to_sides, all cartons at once)."""
 
     quality: float
     mask: np.ndarray
     has_depth: np.ndarray
-    owner: np.ndarray
-    top: int
+    on_top: np.ndarray
     rays: tuple
     plane: np.ndarray
     sides: np.ndarray
@@ -351,10 +350,10 @@ def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality
     # copyto(where=) take a branch per pixel, several times the time on windows of tens of thousands.
     depth = depth_m[y:y + h, x:x + w]
     measured = cv2.copyTo(depth, has_depth.view(np.uint8), np.full((h, w), np.inf, depth.dtype))
-    owner = _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params)
+    owner, on_top = _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params)
     # Each face's pixels, by flat index into the window (a fifth of the cost of (row, column) pairs), thinned
     # alike (so their weights keep their ratio), and their points all at once.
-    pixels = [np.flatnonzero(owner == k) for k in range(len(planes))]
+    pixels = [np.flatnonzero(on_top if k == top else owner == k) for k in range(len(planes))]
     every = max(-(-len(pixels[top]) // params.max_refit_points), 1)  # (a top without pixels fits nothing below)
     pixels = [own[::every] for own in pixels]
     starts = [0, *itertools.accumulate(len(own) for own in pixels)]
@@ -370,14 +369,15 @@ def _top_window(roi, mask, depth_m, params, fit, planes, top, tolerance, quality
         # With its normal: _square_to_sides needs it, and need not fit it again.
         top_fit = _Face(count, mean, scatter, _least_spread(scatter, mean))
         plane = top_fit.plane()
-    square = np.flatnonzero(np.abs(planes[:, :3] @ plane[:3]) < 0.5)  # more than 60 degrees from the top
+    # More than 60 degrees from the top (a list from Python floats: numpy calls cost more on three planes).
+    square = [k for k, cosine in enumerate((planes[:, :3] @ plane[:3]).tolist()) if abs(cosine) < 0.5]
     side_fits, seen = [], []
     if top_fit is not None:
         for row, k in enumerate(square):
             if len(pixels[k]) * every >= 30:  # a few pixels fix no plane
                 side_fits.append(_Face(*_moments(points[:, starts[k]:starts[k + 1]]), normal=planes[k, :3]))
                 seen.append(row)
-    return _TopWindow(quality, mask, has_depth, owner, top, rays, plane, planes[square], top_fit, side_fits, seen)
+    return _TopWindow(quality, mask, has_depth, on_top, rays, plane, planes[square], top_fit, side_fits, seen)
 
 
 def _depth_noise(depth, pixels, lag) -> float:
@@ -402,6 +402,12 @@ def _depth_noise(depth, pixels, lag) -> float:
     if not len(scaled):
         return 0.0
     return 1.4826 * _median(scaled) / math.sqrt(6)
+
+
+def _counts(flags, axis) -> np.ndarray:
+    """int32: how many of the bool flags are set along an axis. np.count_nonzero along an axis copies them and
+    sums in int64, twice the time of summing their bytes in int32."""
+    return flags.view(np.uint8).sum(axis=axis, dtype=np.int32)
 
 
 def _median(values) -> float:
@@ -429,7 +435,7 @@ def _find_faces(point_sets, tolerances, params, rng) -> tuple[np.ndarray, np.nda
     faces = np.zeros(len(points), int)  # faces found so far
     searching = np.ones(len(points), bool)
     for face in range(params.max_faces):
-        left = np.count_nonzero(unexplained, axis=1)
+        left = _counts(unexplained, axis=1)
         at = np.flatnonzero(searching & (left >= min_face))
         if not len(at):
             break
@@ -437,7 +443,7 @@ def _find_faces(point_sets, tolerances, params, rng) -> tuple[np.ndarray, np.nda
         candidates = np.argsort(~unexplained[at], axis=1, kind="stable")
         found = _ransac_planes(points[at], candidates, left[at], tolerances[at], params, rng)
         on_plane = unexplained[at] & (_depth_residuals(points64[at], found[:, None])[:, 0] < tolerances[at, 0])
-        held = np.count_nonzero(on_plane, axis=1) >= min_face[at]
+        held = _counts(on_plane, axis=1) >= min_face[at]
         at, on_plane = at[held], on_plane[held]
         members[at, face] = on_plane
         unexplained[at] &= ~on_plane
@@ -461,7 +467,7 @@ def _settle_faces(points, products, planes, found, tolerances, min_face):
     for _ in range(2):
         owner = _nearest_planes(shared_points, planes[shared], tolerances[shared])
         members = owner[:, None] == np.arange(planes.shape[1])[:, None]
-        kept = np.count_nonzero(members, axis=2) >= min_face[shared, None]
+        kept = _counts(members, axis=2) >= min_face[shared, None]
         planes[shared] = np.where(kept[..., None], _fit_planes(shared_products, members), np.nan)
     return planes, _nearest_planes(points, planes, tolerances)
 
@@ -518,8 +524,7 @@ def _ransac_planes(points, candidates, counts, tolerances, params, rng) -> np.nd
         distances *= scored[part, 2:]
         np.abs(along, out=along)
         along *= tolerances[part].astype(np.float32)
-        # count_nonzero along an axis sums in int64, twice the time of summing the bytes in int32
-        support[part] = np.less(distances, along).view(np.uint8).sum(axis=2, dtype=np.int32)
+        support[part] = _counts(np.less(distances, along), axis=2)
     support[lengths < 1e-9] = -1  # collinear triples
     best = np.argmax(support, axis=1)
     chosen = np.arange(len(points))
@@ -550,7 +555,7 @@ def _fit_planes(products, members) -> np.ndarray:
     """(C, K, 4): least-squares planes (n, d), n toward the camera, of the points (their _Products) on the members
     (C, K, P) of each (NaN with fewer than 3); from the sums of the points and of their products, as one batched
     product."""
-    count = np.count_nonzero(members, axis=2)
+    count = _counts(members, axis=2)
     fitted = count >= 3  # the others: NaN
     count = np.maximum(count, 1)[..., None]
     sums = members.astype(np.float64) @ np.swapaxes(products.terms, 1, 2) / count  # (C, K, 9): means of the
@@ -593,7 +598,7 @@ def _top_faces(points, planes, owner, up, params) -> tuple[np.ndarray, np.ndarra
     normals = planes[..., :3]
     found = ~np.isnan(planes[..., 0])
     members = owner[:, None] == np.arange(planes.shape[1])[:, None]  # (C, K, P)
-    counts = np.count_nonzero(members, axis=2)
+    counts = _counts(members, axis=2)
     if up is not None:
         score = np.where(found, normals @ up, -np.inf)
     else:
@@ -619,9 +624,10 @@ def _top_faces(points, planes, owner, up, params) -> tuple[np.ndarray, np.ndarra
     return top, spread
 
 
-def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params) -> np.ndarray:
-    """(h, w) int8: each window pixel's face, its index in planes, or -1 for none. Whole-window arrays throughout:
-    a plane's depth at every pixel of the window is one product of its rays (_plane_depths).
+def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params) -> tuple[np.ndarray, np.ndarray]:
+    """(h, w) int8: each window pixel's face, its index in planes, or -1 for none; and (h, w) bool: where that is
+    the top. Whole-window arrays throughout: a plane's depth at every pixel of the window is one product of its
+    rays (_plane_depths).
 
     Pixels with depth (measured: their depth, inf elsewhere) belong to their nearest plane, or to none when off
     every plane. Along the top's boundary (the mask's edge, or where a side or pixels on no plane begin), a
@@ -649,7 +655,8 @@ def _pixel_faces(mask, has_depth, measured, planes, top, tolerance, rays, params
     if strip.any():  # (none on clean depth: no ring to find)
         off_ring = _erode((on_top | (mask & ~has_depth)).view(np.uint8), params.edge_ring_px).view(bool)
         owner -= (strip & ~off_ring).view(np.int8) * np.int8(top + 1)  # top (the strip) to -1
-    return owner
+        on_top = owner == top
+    return owner, on_top
 
 
 def _top_outline(window, params) -> tuple[np.ndarray, np.ndarray]:
@@ -663,12 +670,12 @@ def _top_outline(window, params) -> tuple[np.ndarray, np.ndarray]:
     """
     mask, has_depth, plane, rays = window.mask, window.has_depth, window.plane, window.rays
     straight = rays[0].shape[0] == 1  # the rays a row and a column: no lens distortion
-    region = window.owner == window.top
+    region = window.on_top
     if np.count_nonzero(has_depth) < np.count_nonzero(mask):  # holes in the depth
         # Labels number the pixels with depth in row-major order: look up whether each one's nearest is top.
         no_depth = (~has_depth).view(np.uint8)
         gap, nearest = cv2.distanceTransformWithLabels(no_depth, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-        region = mask & (gap <= params.fill_px) & (window.owner[has_depth] == window.top)[nearest - 1]
+        region = mask & (gap <= params.fill_px) & region[has_depth][nearest - 1]
     # The top is often a fraction of its window (which holds the sides too): from here on, only its bounding box
     # and a pixel round it (so that the opening meets its edge as in the whole window) are worked on.
     left, upper, width, height = cv2.boundingRect(region.view(np.uint8))
@@ -680,10 +687,11 @@ def _top_outline(window, params) -> tuple[np.ndarray, np.ndarray]:
         # Behind the side's outer surface where the pixel's ray r meets the top plane (n, d), at z r with
         # z = -d / (n . r) > 0: s . z r + s_d <= 0, that is (d s - s_d n) . r <= 0, a half-plane of the image.
         line = plane[3] * side[:3] - side[3] * plane[:3]
+        # (Not &=: region may be a view of the window's on_top still.)
         if straight:
-            region &= _behind_line(line, rays)
+            region = region & _behind_line(line, rays)
         else:
-            region &= line[1] * rays[1] <= -(line[0] * rays[0] + line[2])
+            region = region & (line[1] * rays[1] <= -(line[0] * rays[0] + line[2]))
     # Spurs under 3 pixels across are depth steps and noise along the crease, not face: a single one would
     # widen the rectangle around the face. Opening leaves the face's straight edges and corners where they are.
     region = cv2.morphologyEx(region.view(np.uint8), cv2.MORPH_OPEN, None)  # (None: a 3x3 square)
