@@ -211,6 +211,7 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     if not len(layout):
         return []
     starts, _, _, heights, widths = layout.T
+    first_rows = heights.cumsum() - heights  # each mask's first row, counting the rows of all masks
     # A run starts or ends where a pixel differs from the one before it.
     ones = flat.view(bool)
     edges = [_changes(ones)]
@@ -225,8 +226,7 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     if (first + edges[1::2] - edges[0::2] > widths[mask]).any():
         # Some run goes on into the next row (or mask): it ends, and another starts, at every row start it covers.
         mask_of_row = np.repeat(np.arange(len(layout)), heights)
-        row_starts = starts[mask_of_row] + (np.arange(mask_of_row.size) - (np.cumsum(heights) - heights)[
-            mask_of_row]) * widths[mask_of_row]
+        row_starts = starts[mask_of_row] + (np.arange(mask_of_row.size) - first_rows[mask_of_row]) * widths[mask_of_row]
         wrapped = row_starts[1:][ones[row_starts[1:]] & ones[row_starts[1:] - 1]]
         edges = np.sort(np.concatenate([edges, wrapped, wrapped]), kind="stable")  # merged in linear time
         run_bounds, mask, y, first = _runs_in_rows(edges, starts, widths)
@@ -243,7 +243,7 @@ def _shapes(flat: np.ndarray, layout: np.ndarray) -> list[MaskShape | None]:
     y_min, y_max = y[begin], y[end - 1]
     # The convex hull, and so the minimum-area rectangle, depends only on each row's first and last pixel, and of
     # those only on the ones further out than every row above them or every row below them.
-    row = (heights.cumsum() - heights)[mask] + y  # counting the rows of all masks
+    row = first_rows[mask] + y
     new_row = np.empty(row.size, bool)
     new_row[0] = True
     np.not_equal(row[1:], row[:-1], out=new_row[1:])
