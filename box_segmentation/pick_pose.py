@@ -93,7 +93,7 @@ class PoseParams:
     min_quality: float = 0.7  # share of points on faces below which the fit is poor
     max_top_tilt_deg: float = 30.0  # with `up`: largest angle between up and a top face's normal
     ransac_iterations: int = 60  # hypotheses per face, all cartons' scored at once
-    # The point counts below: as accurate as 150, 500 and 1500 over every scene of seeds 0-159 (README), 7% faster.
+    # The point counts below: as accurate as 150, 500 and 1500 over every scene of seeds 0-159, 1.1x faster (README).
     ransac_points: int = 120  # points each RANSAC hypothesis is scored on
     max_fit_points: int = 400  # a carton's points are thinned to this many for fitting...
     max_refit_points: int = 1000  # ...and its top's pixels to this many for the last fit (its sides' likewise)
